@@ -1,0 +1,170 @@
+"""An independent, obviously-correct statement of the contract, for tests.
+
+`expected(pod, settings)` deep-copies the pod and applies the contract by plain mutation,
+the slow and simple way (the product builds patch operations instead and never copies).
+`assert_rewritten(original, patched, settings)` checks a patched pod against it exactly,
+then checks the contract's properties on their own, so a bug shared by both
+implementations still has to get past the second check.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from webhook.config import Settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+ISTIO_INJECTED = SHARED / "istio-injected"
+ADMISSION_REVIEWS = SHARED / "admission-reviews"
+LISTS = ("initContainers", "containers")
+
+
+def istio_pods() -> dict[str, dict[str, Any]]:
+    """Every pod of ../shared/fixtures/istio-injected, by file stem."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(ISTIO_INJECTED.glob("*.json"))}
+
+
+def admission_reviews() -> dict[str, dict[str, Any]]:
+    """Every AdmissionReview of ../shared/fixtures/admission-reviews, by file stem."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(ADMISSION_REVIEWS.glob("*.json"))}
+
+
+def all_fixture_pods() -> dict[str, dict[str, Any]]:
+    """Both shapes: Istio's raw output and the API-server-defaulted pods of the reviews."""
+    pods = dict(istio_pods())
+    pods.update({f"review:{k}": v["request"]["object"] for k, v in admission_reviews().items()})
+    return pods
+
+
+def proxies(pod: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    spec = pod.get("spec") or {}
+    return [
+        c
+        for name in LISTS
+        for c in spec.get(name) or []
+        if c.get("name") == settings.proxy_container
+    ]
+
+
+def in_scope(pod: dict[str, Any], settings: Settings) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    opted_out = labels.get(settings.inject_label) == settings.inject_disabled_value
+    return bool(proxies(pod, settings)) and not opted_out
+
+
+def expected(pod: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The pod as the contract says it must come out."""
+    if not in_scope(pod, settings):
+        return pod
+    out = copy.deepcopy(pod)
+    spec = out["spec"]
+    socket = {
+        "name": settings.socket_volume,
+        "csi": {"driver": settings.csi_driver, "readOnly": True},
+    }
+    volumes: list[Any] = []
+    for volume in spec.get("volumes") or []:
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if name == settings.certs_volume:
+            continue
+        if name == settings.socket_volume:
+            if any(
+                isinstance(v, dict) and v.get("name") == settings.socket_volume for v in volumes
+            ):
+                continue
+            volume = socket
+        volumes.append(volume)
+    if not any(isinstance(v, dict) and v.get("name") == settings.socket_volume for v in volumes):
+        volumes.append(socket)
+    spec["volumes"] = volumes
+
+    for list_name in LISTS:
+        for container in spec.get(list_name) or []:
+            if "volumeMounts" in container and container["volumeMounts"] is not None:
+                container["volumeMounts"] = [
+                    m
+                    for m in container["volumeMounts"]
+                    if not (isinstance(m, dict) and m.get("name") == settings.certs_volume)
+                ]
+            if container.get("name") != settings.proxy_container:
+                continue
+            mounts = container.get("volumeMounts") or []
+            first = True
+            for mount in mounts:
+                if isinstance(mount, dict) and mount.get("name") == settings.socket_volume:
+                    if first:
+                        mount["mountPath"] = settings.socket_mount_path
+                        first = False
+                    mount["readOnly"] = True
+            if first:
+                mounts.append(
+                    {
+                        "name": settings.socket_volume,
+                        "mountPath": settings.socket_mount_path,
+                        "readOnly": True,
+                    }
+                )
+            container["volumeMounts"] = mounts
+
+            wanted = {
+                settings.cert_provider_env: settings.cert_provider,
+                settings.ca_addr_env: settings.ca_addr,
+            }
+            env: list[Any] = []
+            seen: set[str] = set()
+            for var in container.get("env") or []:
+                name = var.get("name") if isinstance(var, dict) else None
+                if name in wanted:
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                    var = {"name": name, "value": wanted[name]}
+                env.append(var)
+            env.extend({"name": n, "value": v} for n, v in wanted.items() if n not in seen)
+            container["env"] = env
+
+    metadata = out.get("metadata")
+    if metadata is None:
+        metadata = out["metadata"] = {}
+    if metadata.get("labels") is None:
+        metadata["labels"] = {}
+    metadata["labels"][settings.identity_label] = settings.identity_label_value
+    return out
+
+
+def assert_contract_holds(pod: dict[str, Any], settings: Settings) -> None:
+    """The contract's properties, checked on a rewritten pod without the oracle."""
+    spec = pod["spec"]
+    volumes = spec["volumes"]
+    assert [v for v in volumes if v.get("name") == settings.certs_volume] == []
+    assert [v for v in volumes if v.get("name") == settings.socket_volume] == [
+        {"name": settings.socket_volume, "csi": {"driver": settings.csi_driver, "readOnly": True}}
+    ]
+    for list_name in LISTS:
+        for container in spec.get(list_name) or []:
+            names = [m.get("name") for m in container.get("volumeMounts") or []]
+            assert settings.certs_volume not in names, container.get("name")
+    for proxy in proxies(pod, settings):
+        socket_mounts = [
+            m for m in proxy["volumeMounts"] if m.get("name") == settings.socket_volume
+        ]
+        assert socket_mounts[0]["mountPath"] == settings.socket_mount_path
+        assert all(m["readOnly"] is True for m in socket_mounts)
+        for name, value in (
+            (settings.cert_provider_env, settings.cert_provider),
+            (settings.ca_addr_env, settings.ca_addr),
+        ):
+            assert [e for e in proxy["env"] if e.get("name") == name] == [
+                {"name": name, "value": value}
+            ]
+    assert pod["metadata"]["labels"][settings.identity_label] == settings.identity_label_value
+
+
+def assert_rewritten(original: dict[str, Any], patched: dict[str, Any], settings: Settings) -> None:
+    """`patched` is exactly the contract applied to `original`, and nothing else changed."""
+    assert patched == expected(original, settings)
+    if in_scope(original, settings):
+        assert_contract_holds(patched, settings)

@@ -1,0 +1,124 @@
+"""Prometheus metrics and one structured JSON log line per admission decision.
+
+Metric names follow controller-runtime's and Kyverno's admission metrics: a counter of
+requests by outcome, a histogram of the handling time, and the serving certificate's
+expiry. Logs never carry request bodies, patches or key material.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LOGGER_NAME = "istio_spiffe_webhook"
+log = logging.getLogger(LOGGER_NAME)
+
+# Buckets from 100 µs: the handling itself takes tens of microseconds.
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    """The webhook's metrics, in a registry of their own (tests make a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "istio_spiffe_webhook_admission_requests_total",
+            "Admission requests by outcome (mutated, unchanged, rejected, error), the reason"
+            " an unchanged or rejected request got, and whether it was a dry run.",
+            ["outcome", "reason", "dry_run"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "istio_spiffe_webhook_admission_duration_seconds",
+            "Time to handle one admission request, from the whole body read to the response.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.patch_operations = Counter(
+            "istio_spiffe_webhook_patch_operations_total",
+            "JSON Patch operations returned to the API server.",
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "istio_spiffe_webhook_certificate_expiration_timestamp_seconds",
+            "Unix time at which the serving certificate in use expires.",
+            registry=self.registry,
+        )
+        self.certificate_reloads = Counter(
+            "istio_spiffe_webhook_certificate_reloads_total",
+            "Serving certificate reloads by result (success, error).",
+            ["result"],
+            registry=self.registry,
+        )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # One line per decision is ours; uvicorn's access log would repeat it.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class Observer:
+    """Records each admission decision in the metrics and the log."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def admission(
+        self,
+        *,
+        outcome: str,
+        reason: str,
+        dry_run: bool,
+        seconds: float,
+        operations: int = 0,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        self.metrics.requests.labels(outcome, reason, "true" if dry_run else "false").inc()
+        self.metrics.duration.labels(outcome).observe(seconds)
+        if operations:
+            self.metrics.patch_operations.inc(operations)
+        if log.isEnabledFor(logging.INFO):
+            entry = {
+                "outcome": outcome,
+                "reason": reason,
+                "dry_run": dry_run,
+                "patch_operations": operations,
+                "duration_ms": round(seconds * 1000, 3),
+            }
+            if fields:
+                entry.update(fields)
+            level = logging.WARNING if outcome in ("rejected", "error") else logging.INFO
+            log.log(level, "admission", extra={"fields": entry})
