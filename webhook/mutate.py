@@ -1,0 +1,332 @@
+"""`istio-spiffe-webhook mutate`: the webhook's rewrite, offline, on files and pipes.
+
+    istioctl kube-inject -f app.yaml | istio-spiffe-webhook mutate - > app.injected.yaml
+
+Input (a file or `-` for stdin) is JSON when it parses as JSON, else a YAML stream of one
+or more documents. Each document may be:
+- a Pod, or a workload whose pod template is rewritten: Deployment, StatefulSet, DaemonSet,
+  Job, ReplicaSet, ReplicationController (`spec.template`), CronJob
+  (`spec.jobTemplate.spec.template`) and PodTemplate (`template`);
+- a `kind: List` (or `PodList`, `DeploymentList`, ...) whose `items` are any of the above;
+- an AdmissionReview (a captured API server request): the output is the AdmissionReview
+  the webhook answers to it, and `--patch` prints the patch inside that answer;
+- anything else (a Service, a ConfigMap, ...): written back unchanged.
+
+Every pod is rewritten with the webhook's own `rewrite()`; there is no namespace here, so
+every pod counts as being in an opted-in namespace (the pod opt-out label still applies).
+Output is in the input's format, key order kept. `--patch` prints one JSON array (RFC 6902)
+for a single document, with paths into that document (`/spec/template/...` for a workload,
+`/items/N/...` for a List); a stream of several documents is refused with `--patch`.
+Warnings go to stderr as `warning: ...`; bad input is one line `error: ...` and exit 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import yaml
+
+from webhook.cli import config_option
+from webhook.config import ConfigError, Settings, load_settings
+from webhook.rewrite import InvalidPod, Op, escape, rewrite
+
+# kind -> keys from the object to its pod template ("Pod" is the pod itself).
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "PodTemplate": ("template",),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+ADMISSION_REVIEW = "AdmissionReview"
+
+
+class BadInput(Exception):
+    """The input cannot be rewritten; the message is the one line the user sees."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One input document: what to write, the patch into it, and the rewrite's warnings."""
+
+    output: Any
+    ops: list[Op] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- Reading -----------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as Kubernetes means it: timestamps stay strings, `=` is a plain string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_source(source: str) -> str:
+    """The text of a file, or of stdin for `-`."""
+    name = "stdin" if source == "-" else source
+    data: bytes
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as stream:
+                data = stream.read()
+    except OSError as error:
+        raise BadInput(f"{name}: cannot read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{name}: not UTF-8 text (byte {error.start})") from None
+
+
+def parse_documents(text: str, source: str) -> tuple[bool, list[Any]]:
+    """(is_json, documents): JSON when the text parses as JSON, else a YAML stream.
+
+    Empty YAML documents (a trailing `---`, as `istioctl kube-inject` writes) are dropped.
+    """
+    try:
+        return True, [json.loads(text)]
+    except ValueError:
+        pass
+    except RecursionError:
+        raise BadInput(f"{source}: nested too deeply") from None
+    try:
+        documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    except yaml.YAMLError as error:
+        raise BadInput(f"{source}: neither JSON nor YAML: {_one_line(error)}") from None
+    except RecursionError:
+        raise BadInput(f"{source}: nested too deeply") from None
+    if not documents:
+        raise BadInput(f"{source}: no objects in the input")
+    return False, documents
+
+
+# --- Rewriting ---------------------------------------------------------------------------
+
+
+def process(document: Any, settings: Settings, where: str) -> Outcome:
+    """Rewrite one input document; `where` names it in error messages."""
+    if not isinstance(document, dict):
+        raise BadInput(f"{where}: not a mapping but {_type_name(document)}")
+    if document.get("kind") == ADMISSION_REVIEW:
+        return _review(document, settings, where)
+    ops, warnings = object_ops(document, settings, where)
+    if ops:
+        apply_ops(document, ops)
+    return Outcome(document, ops, warnings)
+
+
+def object_ops(
+    obj: dict[str, Any], settings: Settings, where: str, kind: Any = None
+) -> tuple[list[Op], list[str]]:
+    """The patch into `obj` (a Pod, a workload or a List) and the rewrite's warnings."""
+    kind = obj.get("kind") or kind
+    label = _label(obj, kind)
+    if isinstance(kind, str) and kind.endswith("List"):
+        return _list_ops(obj, settings, where, kind)
+    path = TEMPLATES.get(kind) if isinstance(kind, str) else None
+    if path is None:
+        return [], []
+    template: Any = obj
+    for depth, key in enumerate(path):
+        template = template.get(key)
+        if template is None:
+            return [], []  # nothing to rewrite, e.g. a workload without a template yet
+        if not isinstance(template, dict):
+            dotted = ".".join(path[: depth + 1])
+            raise BadInput(f"{where} ({label}): {dotted}: must be a mapping")
+    try:
+        result = rewrite(template, settings)
+    except InvalidPod as error:
+        dotted = "".join(f"{key}." for key in path)
+        raise BadInput(f"{where} ({label}): {dotted}{error}") from None
+    prefix = "".join(f"/{escape(key)}" for key in path)
+    ops = [{**op, "path": prefix + op["path"]} for op in result.ops]
+    return ops, [f"{label}: {warning}" for warning in result.warnings]
+
+
+def _list_ops(
+    obj: dict[str, Any], settings: Settings, where: str, kind: str
+) -> tuple[list[Op], list[str]]:
+    items = obj.get("items")
+    if items is None:
+        return [], []
+    if not isinstance(items, list):
+        raise BadInput(f"{where} ({kind}): items: must be a list")
+    item_kind = kind[: -len("List")] or None  # PodList items carry no kind of their own
+    ops: list[Op] = []
+    warnings: list[str] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadInput(f"{where}: items[{index}]: not a mapping but {_type_name(item)}")
+        item_ops, item_warnings = object_ops(item, settings, f"{where}: items[{index}]", item_kind)
+        ops.extend({**op, "path": f"/items/{index}{op['path']}"} for op in item_ops)
+        warnings.extend(item_warnings)
+    return ops, warnings
+
+
+def _review(document: dict[str, Any], settings: Settings, where: str) -> Outcome:
+    """The AdmissionReview answer the webhook gives to a captured request."""
+    from webhook.review import BadReview, decide, parse
+
+    try:
+        body = json.dumps(document).encode()
+    except (TypeError, ValueError) as error:
+        raise BadInput(f"{where} (AdmissionReview): not JSON data: {error}") from None
+    try:
+        decision = decide(parse(body), settings)
+    except BadReview as error:
+        raise BadInput(f"{where} (AdmissionReview): {error.reason}") from None
+    label = _label(decision.request.object, "Pod") if decision.result.warnings else ""
+    return Outcome(
+        json.loads(decision.response_bytes()),
+        decision.result.ops,
+        [f"{label}: {warning}" for warning in decision.result.warnings],
+    )
+
+
+def apply_ops(document: Any, ops: list[Op]) -> None:
+    """Apply `rewrite()`'s JSON Patch ops (add, replace, remove) to `document` in place.
+
+    Only the three operations and the paths `rewrite()` emits into the document it read;
+    an `add` of an existing key replaces the value where it is, so key order is kept.
+    """
+    for op in ops:
+        *parents, last = [
+            token.replace("~1", "/").replace("~0", "~") for token in op["path"].split("/")[1:]
+        ]
+        target = document
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        if isinstance(target, list):
+            if op["op"] == "remove":
+                del target[int(last)]
+            elif op["op"] == "replace":
+                target[int(last)] = copy.deepcopy(op["value"])
+            elif last == "-":
+                target.append(copy.deepcopy(op["value"]))
+            else:
+                target.insert(int(last), copy.deepcopy(op["value"]))
+        elif op["op"] == "remove":
+            del target[last]
+        else:
+            target[last] = copy.deepcopy(op["value"])
+
+
+# --- Writing -----------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block YAML, multi-line strings as `|` blocks, no anchors or aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump(documents: list[Any], as_json: bool) -> str:
+    if as_json:
+        return "".join(json.dumps(d, indent=2, ensure_ascii=False) + "\n" for d in documents)
+    return yaml.dump_all(
+        documents,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=1 << 30,
+    )
+
+
+# --- The command -------------------------------------------------------------------------
+
+
+@click.command("mutate")
+@click.argument("source", metavar="[FILE|-]", default="-", required=False)
+@click.option(
+    "--patch",
+    is_flag=True,
+    help="Print the JSON Patch (one JSON array; [] when nothing to do) instead of the objects.",
+)
+@config_option
+def mutate_command(source: str, patch: bool, config: str | None) -> None:
+    """Rewrite Pods, workloads' pod templates and AdmissionReviews from FILE (or stdin).
+
+    Reads JSON or YAML (several documents, kind: List); writes the rewritten objects in the
+    same format, or with --patch one JSON array of RFC 6902 operations. Warnings go to
+    stderr. Exit status: 0 done, 1 bad input.
+    """
+    name = "stdin" if source == "-" else source
+    try:
+        settings = load_settings(config)
+        as_json, documents = parse_documents(read_source(source), name)
+        if patch and len(documents) > 1:
+            raise BadInput(
+                f"{name}: --patch needs a single document, the input has {len(documents)}"
+                " (wrap them in a kind: List, or run without --patch)"
+            )
+        many = len(documents) > 1
+        outcomes = [
+            process(doc, settings, f"{name}: document {n}" if many else name)
+            for n, doc in enumerate(documents, 1)
+        ]
+        text = (
+            json.dumps(outcomes[0].ops, indent=2) + "\n"
+            if patch
+            else dump([o.output for o in outcomes], as_json)
+        )
+    except (BadInput, ConfigError) as error:
+        click.echo(f"error: {_one_line(error)}", err=True)
+        sys.exit(1)
+    except RecursionError:
+        click.echo(f"error: {name}: nested too deeply", err=True)
+        sys.exit(1)
+    for outcome in outcomes:
+        for warning in outcome.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    click.echo(text, nl=False)
+
+
+def _label(obj: Any, kind: Any) -> str:
+    """`Kind/name` (or generateName, or just the kind) for messages."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    name = None
+    if isinstance(metadata, dict):
+        name = metadata.get("name") or metadata.get("generateName")
+    kind = kind if isinstance(kind, str) and kind else "object"
+    return f"{kind}/{name}" if isinstance(name, str) and name else kind
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
