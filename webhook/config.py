@@ -157,7 +157,8 @@ def _check_config_file(path: Path) -> None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path}: not valid YAML ({error})") from None
+        where = " ".join(str(error).split())  # one line: the CLI prints it as is
+        raise ConfigError(f"config file {path}: not valid YAML ({where})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path}: must be a mapping of setting names to values")
 
