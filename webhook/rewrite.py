@@ -56,7 +56,7 @@ def escape(key: str) -> str:
 def has_proxy(pod: dict[str, Any], settings: Settings) -> bool:
     spec = _dict(pod, "spec", "spec")
     return any(
-        c.get("name") == settings.proxy_container
+        isinstance(c, dict) and c.get("name") == settings.proxy_container
         for name in _LISTS
         for c in _list(spec, name, f"spec.{name}")
     )
