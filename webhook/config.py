@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0, gt=0, description="in-flight requests may finish within this after SIGTERM"
     )
+    shutdown_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="after SIGTERM, /readyz answers 503 while requests are still served for"
+        " this long; then the server stops accepting and drains (part of the grace period)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- Where it is installed (certs, doctor, audit) --------------------------------
@@ -101,6 +107,8 @@ class Settings(BaseSettings):
             raise ValueError("cert_provider_env and ca_addr_env must differ")
         if self.inject_enabled_value == self.inject_disabled_value:
             raise ValueError("inject_enabled_value and inject_disabled_value must differ")
+        if self.shutdown_delay_seconds >= self.shutdown_grace_seconds:
+            raise ValueError("shutdown_delay_seconds must be less than shutdown_grace_seconds")
         if not self.ca_addr:
             # Frozen model: set the derived default once, at validation time.
             object.__setattr__(
