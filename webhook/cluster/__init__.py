@@ -1,0 +1,5 @@
+"""Everything that talks to a Kubernetes API server: `audit` and `doctor`.
+
+This package is the only place that imports the `kubernetes` client, and only when one of
+its commands runs (see `webhook.cli.COMMANDS`), so `serve` and `mutate` never load it.
+"""
