@@ -9,6 +9,7 @@ Everything else (health, readiness, docs) is plain FastAPI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -80,7 +81,15 @@ class WebhookApp:
         if scope["method"] != "POST":
             await _respond(send, 405, _error("method not allowed: use POST"), [(b"allow", b"POST")])
             return
-        body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        try:
+            # uvicorn has no request-read deadline: a slow client must not hold a worker.
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        except TimeoutError:
+            reason = f"body not received within {self.settings.request_timeout_seconds:g}s"
+            await _respond(send, 408, _error(reason), [(b"connection", b"close")])
+            self._rejected("timeout", started, reason)
+            return
         if body is None:
             reason = f"body exceeds {self.settings.max_body_bytes} bytes"
             await _respond(send, 413, _error(reason))
