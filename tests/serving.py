@@ -120,6 +120,18 @@ class ServerHandle:
             sock.close()
             raise
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of `/metrics`: (name, sorted labels) -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        response = httpx.get(self.metrics_url, timeout=10.0)
+        response.raise_for_status()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
     def log_text(self) -> str:
         return self.log_file.read_text(encoding="utf-8", errors="replace")
 
