@@ -97,6 +97,7 @@ def renders(certs_dir: Path) -> dict[str, Objects]:
     return {
         "cert-manager": kustomize(MANIFESTS / "overlays" / "cert-manager"),
         "self-signed": kustomize(MANIFESTS / "overlays" / "self-signed"),
+        "base": kustomize(MANIFESTS / "base"),
         "certs": kustomize(certs_dir),
     }
 
@@ -203,7 +204,7 @@ def check_cert_manager(obj: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
-@pytest.mark.parametrize("install", ["cert-manager", "self-signed", "certs"])
+@pytest.mark.parametrize("install", ["cert-manager", "self-signed", "certs", "base"])
 def test_every_rendered_object_validates_against_the_strict_kubernetes_schemas(
     renders: dict[str, Objects], install: str, version: str
 ) -> None:
@@ -215,17 +216,22 @@ def test_every_rendered_object_validates_against_the_strict_kubernetes_schemas(
             # Raises ValidationError (or SchemaNotFoundError for an unknown kind): both fail.
             kubernetes_validate.validate(obj, version, strict=True)
         checked.append(obj["kind"])
-    webhook_form = [
+    # The base is what the policy form shares: no server, no certificates.
+    base = [
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Role",
-        "RoleBinding", "RoleBinding", "PriorityClass", "Deployment", "Service",
-        "PodDisruptionBudget", "NetworkPolicy", "MutatingWebhookConfiguration",
+        "RoleBinding", "RoleBinding",
+    ]  # fmt: skip
+    webhook = [
+        "PriorityClass", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+        "MutatingWebhookConfiguration",
     ]  # fmt: skip
     extra = {
-        "cert-manager": ["Issuer", "Issuer", "Certificate", "Certificate"],
-        "self-signed": [],
-        "certs": ["Secret"],
+        "cert-manager": [*webhook, "Issuer", "Issuer", "Certificate", "Certificate"],
+        "self-signed": webhook,
+        "certs": [*webhook, "Secret"],
+        "base": [],
     }[install]
-    assert sorted(checked) == sorted(webhook_form + extra)
+    assert sorted(checked) == sorted(base + extra)
 
 
 def test_the_schema_check_rejects_a_misspelled_field() -> None:
