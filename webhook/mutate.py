@@ -112,7 +112,7 @@ def parse_documents(text: str, source: str) -> tuple[bool, list[Any]]:
     try:
         documents = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as error:
-        raise BadInput(f"{source}: neither JSON nor YAML: {_one_line(error)}") from None
+        raise BadInput(f"{source}: neither JSON nor YAML: {_yaml_problem(error)}") from None
     except RecursionError:
         raise BadInput(f"{source}: nested too deeply") from None
     if not documents:
@@ -326,6 +326,15 @@ def _type_name(value: Any) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", int: "a number"}.get(
         type(value), f"a {type(value).__name__}"
     )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """`line L, column C: problem` of a YAML error, on one line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return _one_line(error)
 
 
 def _one_line(error: BaseException) -> str:
