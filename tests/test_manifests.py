@@ -558,8 +558,7 @@ def test_rbac_gives_audit_and_doctor_read_access_and_nothing_more(objects: Objec
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": ["istio"],
-            "verbs": ["get"],
+            "verbs": ["get", "list"],
         }
     ]
     service_account = one(objects, "ServiceAccount")["metadata"]
@@ -568,6 +567,36 @@ def test_rbac_gives_audit_and_doctor_read_access_and_nothing_more(objects: Objec
         assert binding["subjects"] == [subject]
         one(objects, binding["roleRef"]["kind"], binding["roleRef"]["name"])
     assert pod_spec(objects)["serviceAccountName"] == service_account["name"]
+
+
+def granted_verbs(objs: Objects) -> dict[str, set[str]]:
+    """resource -> verbs, over every ClusterRole and Role bound to the ServiceAccount."""
+    verbs: dict[str, set[str]] = {}
+    for role in (o for o in objs if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            for resource in rule["resources"]:
+                verbs.setdefault(resource, set()).update(rule["verbs"])
+    return verbs
+
+
+def test_rbac_allows_every_api_call_of_audit_and_doctor(objects: Objects) -> None:
+    """Each `read_*` / `list_*` method of the kubernetes client that webhook/cluster/ uses
+    (e.g. `list_namespaced_config_map`) needs get / list on its resource (`configmaps`)."""
+    calls = set()
+    for source in sorted((ROOT / "webhook" / "cluster").glob("*.py")):
+        calls.update(
+            re.findall(
+                r"\.(read|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b",
+                source.read_text(),
+            )
+        )
+    assert ("list", "pod") in calls  # the scan finds the calls at all
+    granted = granted_verbs(objects)
+    for method, kind in sorted(calls):
+        word = kind.replace("_", "")
+        resource = word[:-1] + "ies" if word.endswith("y") else word + "s"
+        verb = {"read": "get", "list": "list"}[method]
+        assert verb in granted.get(resource, set()), f"{method}_{kind}: no {verb} on {resource}"
 
 
 def test_settings_defaults_agree_with_the_manifests(objects: Objects, settings: Settings) -> None:
