@@ -102,30 +102,24 @@ def to_v1pod(obj: dict[str, Any]) -> V1Pod:
 # --- where istio-proxy is -------------------------------------------------------------------
 
 
-def test_classic_proxy_container_gets_the_whole_contract_in_order() -> None:
+@pytest.mark.parametrize(
+    ("containers", "init", "where"),
+    [
+        ([APP, istio_proxy()], None, "/spec/containers/1"),
+        (
+            [APP],
+            [{"name": "istio-init", "image": "proxyv2:1.32"}, istio_proxy(restartPolicy="Always")],
+            "/spec/initContainers/1",
+        ),
+    ],
+    ids=["classic-container", "native-sidecar-init-container"],
+)
+def test_istio_injected_proxy_gets_the_whole_contract_in_order(
+    containers: list[Any], init: list[Any] | None, where: str
+) -> None:
     original = pod(
-        containers=[APP, istio_proxy()],
-        volumes=[{"name": "workload-socket"}, {"name": "workload-certs"}],
-        labels={"app": "p"},
-    )
-    result = check(original)
-    assert result.ops == [
-        {"op": "replace", "path": "/spec/volumes/0", "value": CSI},
-        {"op": "remove", "path": "/spec/volumes/1"},
-        {"op": "add", "path": "/spec/containers/1/volumeMounts/0/readOnly", "value": True},
-        {"op": "remove", "path": "/spec/containers/1/volumeMounts/1"},
-        {"op": "replace", "path": "/spec/containers/1/env/0", "value": PILOT_OK},
-        {"op": "replace", "path": "/spec/containers/1/env/1", "value": CA_OK},
-        {"op": "add", "path": LABEL_PATH, "value": "true"},
-    ]
-    assert result.warnings == []
-
-
-def test_native_sidecar_init_container_with_restart_policy_always_is_rewritten() -> None:
-    proxy = istio_proxy(restartPolicy="Always")
-    original = pod(
-        containers=[APP],
-        init=[{"name": "istio-init", "image": "proxyv2:1.32"}, proxy],
+        containers=containers,
+        init=init,
         volumes=[{"name": "workload-socket", "emptyDir": {}}, {"name": "workload-certs"}],
         labels={"app": "p"},
     )
@@ -133,14 +127,21 @@ def test_native_sidecar_init_container_with_restart_policy_always_is_rewritten()
     assert result.ops == [
         {"op": "replace", "path": "/spec/volumes/0", "value": CSI},
         {"op": "remove", "path": "/spec/volumes/1"},
-        {"op": "add", "path": "/spec/initContainers/1/volumeMounts/0/readOnly", "value": True},
-        {"op": "remove", "path": "/spec/initContainers/1/volumeMounts/1"},
-        {"op": "replace", "path": "/spec/initContainers/1/env/0", "value": PILOT_OK},
-        {"op": "replace", "path": "/spec/initContainers/1/env/1", "value": CA_OK},
+        {"op": "add", "path": f"{where}/volumeMounts/0/readOnly", "value": True},
+        {"op": "remove", "path": f"{where}/volumeMounts/1"},
+        {"op": "replace", "path": f"{where}/env/0", "value": PILOT_OK},
+        {"op": "replace", "path": f"{where}/env/1", "value": CA_OK},
         {"op": "add", "path": LABEL_PATH, "value": "true"},
     ]
+    assert result.warnings == []
     patched = jsonpatch.apply_patch(original, result.ops)
-    assert patched["spec"]["initContainers"][1]["restartPolicy"] == "Always"
+    assert get(patched, where).get("restartPolicy") == get(original, where).get("restartPolicy")
+
+
+def get(obj: Any, pointer: str) -> Any:
+    for token in pointer.split("/")[1:]:
+        obj = obj[int(token)] if isinstance(obj, list) else obj[token]
+    return obj
 
 
 def test_plain_init_container_named_istio_proxy_is_rewritten_too() -> None:
