@@ -164,6 +164,7 @@ class FakeAPI:
     def handle(self, path: str, query: dict[str, list[str]], token: str | None) -> tuple[int, Any]:
         if token != TOKEN:
             return 401, status(401, "Unauthorized", "Unauthorized")
+        path = path.rstrip("/") or "/"  # the client asks for /version/, /apis/, ...
         if path == "/version":
             return 200, self.version()
         if path == "/api":
@@ -350,6 +351,7 @@ class FakeAPI:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeAPI
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
