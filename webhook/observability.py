@@ -7,6 +7,7 @@ expiry. Logs never carry request bodies, patches or key material.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -74,7 +75,10 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # e.g. an integer over 64 bits: a log line must never fail
+            return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str) -> None:
