@@ -221,7 +221,7 @@ class CertificateSource:
             self.metrics.certificate_reloads.labels("error").inc()
             log.error(
                 "certificate reload failed; keeping the certificate in use",
-                extra={"fields": {"error": str(error), "serial": self.current.serial}},
+                extra={"fields": {"error": str(error), "serial": format(self.current.serial, "x")}},
             )
             return False
         self._install(pair, seen)
