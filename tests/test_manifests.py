@@ -907,3 +907,16 @@ def _files(path: Path) -> Iterator[Path]:
         yield path
     else:
         yield from (p for p in sorted(path.rglob("*")) if p.is_file())
+
+
+# --- the documentation ---------------------------------------------------------------------
+
+
+def test_every_kustomization_the_docs_apply_exists() -> None:
+    docs = "\n".join(
+        (ROOT / name).read_text() for name in ("README.md", "certs/README.md", "Dockerfile")
+    )
+    paths = set(re.findall(r"kubectl (?:apply|delete) -k (\S+?)/?(?=[\s`)]|$)", docs, re.M))
+    assert {"manifests/overlays/cert-manager", "certs"} <= paths
+    for path in paths:
+        assert (ROOT / path / "kustomization.yaml").is_file(), path
