@@ -63,10 +63,16 @@ class Metrics:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, message and the record's `fields`."""
 
+    _second = -1  # the second `_stamp` is for: strftime once a second, not once a line
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
         }
@@ -87,6 +93,10 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Our lines carry no thread or process names: do not look them up for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
@@ -99,6 +109,10 @@ class Observer:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # Every request records these: look each labelled child up once, not per request
+        # (`labels()` costs microseconds; the label values are a small fixed set).
+        self._counters: dict[tuple[str, str, bool], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     def admission(
         self,
@@ -110,11 +124,19 @@ class Observer:
         operations: int = 0,
         fields: dict[str, Any] | None = None,
     ) -> None:
-        self.metrics.requests.labels(outcome, reason, "true" if dry_run else "false").inc()
-        self.metrics.duration.labels(outcome).observe(seconds)
+        counter = self._counters.get((outcome, reason, dry_run))
+        if counter is None:
+            counter = self.metrics.requests.labels(outcome, reason, "true" if dry_run else "false")
+            self._counters[(outcome, reason, dry_run)] = counter
+        counter.inc()
+        histogram = self._histograms.get(outcome)
+        if histogram is None:
+            histogram = self._histograms[outcome] = self.metrics.duration.labels(outcome)
+        histogram.observe(seconds)
         if operations:
             self.metrics.patch_operations.inc(operations)
-        if log.isEnabledFor(logging.INFO):
+        level = logging.WARNING if outcome in ("rejected", "error") else logging.INFO
+        if log.isEnabledFor(level):
             entry = {
                 "outcome": outcome,
                 "reason": reason,
@@ -124,5 +146,10 @@ class Observer:
             }
             if fields:
                 entry.update(fields)
-            level = logging.WARNING if outcome in ("rejected", "error") else logging.INFO
-            log.log(level, "admission", extra={"fields": entry})
+            # One line per decision: `handle` a record made directly, skipping `log.log`'s
+            # walk up the stack for the caller (our lines do not print it).
+            log.handle(
+                log.makeRecord(
+                    LOGGER_NAME, level, __file__, 0, "admission", (), None, extra={"fields": entry}
+                )
+            )
