@@ -162,7 +162,16 @@ def test_policy_matches_like_the_webhook_and_is_reinvoked_after_istio() -> None:
                 "resources": ["pods"],
             }
         ],
-        "namespaceSelector": {"matchLabels": {CUSTOM.inject_label: CUSTOM.inject_enabled_value}},
+        "namespaceSelector": {
+            "matchLabels": {CUSTOM.inject_label: CUSTOM.inject_enabled_value},
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": ["kube-system", CUSTOM.namespace],
+                }
+            ],
+        },
         "objectSelector": {
             "matchExpressions": [
                 {

@@ -10,8 +10,9 @@ How the CEL agrees with the webhook (facts measured on a real kube-apiserver 1.3
   `istio-proxy` yet. `reinvocationPolicy: IfNeeded` runs the policy again after Istio's
   injector changed the pod. A policy whose `matchConditions` failed on the first pass is not
   run again, so "has istio-proxy" is a variable, and the patch is empty without it.
-- The selectors are the webhook's: the namespace opt-in label, and the pod opt-out label
-  (checked again in CEL, as `rewrite()` does).
+- The selectors are the webhook's: the namespace opt-in label (never kube-system nor the
+  webhook's namespace), and the pod opt-out label (checked again in CEL, as `rewrite()`
+  does).
 - The patch replaces whole `volumes`, `volumeMounts` and `env` lists with a copy in which
   kept entries keep their place, the first socket volume, socket mount and env variables are
   rewritten where they stand, duplicates are dropped and missing entries are appended in the
@@ -265,8 +266,17 @@ def render_policy(
                         "resources": ["pods"],
                     }
                 ],
+                # The webhook's selectors: opted-in namespaces, never kube-system nor the
+                # webhook's own namespace; pods not opted out.
                 "namespaceSelector": {
-                    "matchLabels": {settings.inject_label: settings.inject_enabled_value}
+                    "matchLabels": {settings.inject_label: settings.inject_enabled_value},
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": ["kube-system", settings.namespace],
+                        }
+                    ],
                 },
                 "objectSelector": {
                     "matchExpressions": [
