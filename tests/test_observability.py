@@ -1,0 +1,223 @@
+"""Metrics, JSON logs and AdmissionResponse warnings of the real server, after real requests."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from tests.oracle import admission_reviews, istio_pods
+from tests.serving import ServerHandle, running_server
+from webhook.certs import certificate_expiry
+
+REVIEWS = admission_reviews()
+REQUESTS = "istio_spiffe_webhook_admission_requests_total"
+DURATION = "istio_spiffe_webhook_admission_duration_seconds"
+OPERATIONS = "istio_spiffe_webhook_patch_operations_total"
+EXPIRY = "istio_spiffe_webhook_certificate_expiration_timestamp_seconds"
+RELOADS = "istio_spiffe_webhook_certificate_reloads_total"
+BODY_LIMIT = 65536
+MARKER = "marker-that-must-not-reach-the-logs-7f3a"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerHandle]:
+    with running_server(tmp_path, max_body_bytes=BODY_LIMIT) as handle:
+        yield handle
+
+
+def review_of(pod: dict[str, Any], uid: str, **request: Any) -> dict[str, Any]:
+    review = copy.deepcopy(REVIEWS["hello-native"])
+    review["request"].update(uid=uid, object=copy.deepcopy(pod), **request)
+    return review
+
+
+def post(server: ServerHandle, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with server.client() as client:
+        response = client.post("/mutate", content=content)
+    return response.status_code, response.json()
+
+
+def operations(answer: dict[str, Any]) -> int:
+    return len(json.loads(base64.b64decode(answer["response"]["patch"])))
+
+
+def samples(metrics: dict[Any, float], name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: value for (sample, labels), value in metrics.items() if sample == name}
+
+
+def test_metrics_count_every_outcome_reason_and_dry_run(server: ServerHandle) -> None:
+    hello = REVIEWS["hello-native"]
+    opted_out = copy.deepcopy(hello["request"]["object"])
+    opted_out["metadata"]["labels"]["istio-spiffe-webhook/inject"] = "disabled"
+    no_proxy = istio_pods()["custom-template--0"]
+
+    ops = 0
+    for name in ("hello-native", "gateway", "gateway-dry-run"):
+        status, answer = post(server, REVIEWS[name])
+        assert status == 200
+        ops += operations(answer)
+    status, answer = post(server, REVIEWS["hello-classic"])
+    ops += operations(answer)
+    rewritten = jsonpatch.apply_patch(
+        REVIEWS["hello-classic"]["request"]["object"],
+        json.loads(base64.b64decode(answer["response"]["patch"])),
+    )
+    unchanged = [
+        review_of(rewritten, "compliant"),
+        review_of(opted_out, "opted-out"),
+        review_of(no_proxy, "no-proxy"),
+        review_of(no_proxy, "no-proxy-dry-run", dryRun=True),
+        review_of(hello["request"]["object"], "update", operation="UPDATE"),
+        review_of(
+            {"kind": "ConfigMap"},
+            "not-a-pod",
+            kind={"group": "", "version": "v1", "kind": "ConfigMap"},
+        ),
+    ]
+    for review in unchanged:
+        assert post(server, review)[0] == 200
+    assert post(server, b"{not json")[0] == 400
+    assert post(server, b" " * (BODY_LIMIT + 1))[0] == 413
+
+    metrics = server.metrics()
+    assert samples(metrics, REQUESTS) == {
+        (("dry_run", "false"), ("outcome", "mutated"), ("reason", "")): 3.0,
+        (("dry_run", "true"), ("outcome", "mutated"), ("reason", "")): 1.0,
+        (("dry_run", "false"), ("outcome", "unchanged"), ("reason", "compliant")): 1.0,
+        (("dry_run", "false"), ("outcome", "unchanged"), ("reason", "opted-out")): 1.0,
+        (("dry_run", "false"), ("outcome", "unchanged"), ("reason", "no-proxy")): 1.0,
+        (("dry_run", "true"), ("outcome", "unchanged"), ("reason", "no-proxy")): 1.0,
+        (("dry_run", "false"), ("outcome", "unchanged"), ("reason", "not-create")): 1.0,
+        (("dry_run", "false"), ("outcome", "unchanged"), ("reason", "not-a-pod")): 1.0,
+        (("dry_run", "false"), ("outcome", "rejected"), ("reason", "bad-request")): 1.0,
+        (("dry_run", "false"), ("outcome", "rejected"), ("reason", "too-large")): 1.0,
+    }
+    assert samples(metrics, DURATION + "_count") == {
+        (("outcome", "mutated"),): 4.0,
+        (("outcome", "unchanged"),): 6.0,
+        (("outcome", "rejected"),): 2.0,
+    }
+    buckets = samples(metrics, DURATION + "_bucket")
+    for outcome, count in (("mutated", 4.0), ("unchanged", 6.0), ("rejected", 2.0)):
+        assert buckets[(("le", "+Inf"), ("outcome", outcome))] == count
+    assert samples(metrics, OPERATIONS) == {(): float(ops)}
+    assert samples(metrics, EXPIRY) == {(): certificate_expiry(server.certs.cert).timestamp()}
+    assert samples(metrics, RELOADS) == {}
+
+
+def test_each_decision_is_one_json_log_line_with_its_fields(server: ServerHandle) -> None:
+    review = copy.deepcopy(REVIEWS["hello-native"])
+    pod = review["request"]["object"]
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "hello-6d8f", "uid": "u"}
+    ]
+    pod["spec"]["containers"][0]["env"] = [{"name": "TOKEN", "value": MARKER}]
+    status, answer = post(server, review)
+    assert status == 200
+    status, _ = post(server, REVIEWS["gateway-dry-run"])
+    assert status == 200
+    assert post(server, b"[" * 10 + MARKER.encode())[0] == 400
+
+    records = server.log_records()  # every line parses as JSON
+    decisions = [r for r in records if r["msg"] == "admission"]
+    for record in decisions:
+        assert isinstance(record.pop("duration_ms"), float)
+        assert record.pop("time").endswith("Z")
+    assert decisions == [
+        {
+            "level": "info",
+            "msg": "admission",
+            "outcome": "mutated",
+            "reason": "",
+            "dry_run": False,
+            "patch_operations": operations(answer),
+            "uid": review["request"]["uid"],
+            "namespace": "shop",
+            "name": "hello-",
+            "operation": "CREATE",
+            "kind": "Pod",
+            "owner": "ReplicaSet/hello-6d8f",
+        },
+        {
+            "level": "info",
+            "msg": "admission",
+            "outcome": "mutated",
+            "reason": "",
+            "dry_run": True,
+            "patch_operations": 7,
+            "uid": REVIEWS["gateway-dry-run"]["request"]["uid"],
+            "namespace": "shop",
+            "name": "gateway-",
+            "operation": "CREATE",
+            "kind": "Pod",
+        },
+        {
+            "level": "warning",
+            "msg": "admission",
+            "outcome": "rejected",
+            "reason": "bad-request",
+            "dry_run": False,
+            "patch_operations": 0,
+            "error": "body is not JSON: unexpected character, expected a JSON value:"
+            " line 1 column 11 (char 10)",
+        },
+    ]
+    text = server.log_text()
+    assert MARKER not in text  # no request bodies
+    key_lines = server.certs.key.read_text().splitlines()[1:-1]
+    assert key_lines and not any(line in text for line in key_lines)  # no key material
+    assert "PRIVATE KEY" not in text
+
+
+def test_the_startup_line_names_the_addresses_and_the_certificate(server: ServerHandle) -> None:
+    [serving] = [r for r in server.log_records() if r["msg"] == "serving"]
+    assert serving["address"] == server.base_url
+    assert serving["metrics"] == server.metrics_url
+    expiry = certificate_expiry(server.certs.cert)
+    assert serving["not_after"] == expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def with_socket(pod: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    pod = copy.deepcopy(pod)
+    for i, volume in enumerate(pod["spec"]["volumes"]):
+        if volume["name"] == "workload-socket":
+            pod["spec"]["volumes"][i] = {"name": "workload-socket", **source}
+    return pod
+
+
+def test_a_host_path_socket_volume_is_replaced_with_a_warning(server: ServerHandle) -> None:
+    pod = with_socket(REVIEWS["gateway"]["request"]["object"], {"hostPath": {"path": "/run/x"}})
+    for dry_run in (False, True):
+        status, answer = post(server, review_of(pod, f"host-path-{dry_run}", dryRun=dry_run))
+        assert status == 200
+        assert answer["response"]["warnings"] == [
+            "replaced the hostPath source of volume workload-socket with the CSI driver"
+            " csi.spiffe.io"
+        ]
+    logged = [r.get("warnings") for r in server.log_records() if r["msg"] == "admission"]
+    assert logged == [answer["response"]["warnings"]] * 2
+
+
+def test_an_empty_dir_socket_volume_is_replaced_without_a_warning(server: ServerHandle) -> None:
+    pod = with_socket(REVIEWS["gateway"]["request"]["object"], {"emptyDir": {}})
+    status, answer = post(server, review_of(pod, "empty-dir"))
+    assert status == 200
+    assert answer["response"]["patchType"] == "JSONPatch"
+    assert "warnings" not in answer["response"]
+
+
+def test_removing_another_containers_certs_mount_is_a_warning(server: ServerHandle) -> None:
+    pod = istio_pods()["grpc-agent--0"]
+    status, answer = post(server, review_of(pod, "grpc-agent"))
+    assert status == 200
+    assert answer["response"]["warnings"] == [
+        "removed the workload-certs mount from container traffic"
+    ]
