@@ -17,8 +17,17 @@ import jsonpatch
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from hypothesis import example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from tests.oracle import admission_reviews, assert_rewritten, expected, istio_pods
+from tests.oracle import (
+    admission_reviews,
+    all_fixture_pods,
+    assert_rewritten,
+    expected,
+    istio_pods,
+)
 from webhook.config import Settings
 from webhook.mutate import mutate_command
 from webhook.review import decide, parse
@@ -500,3 +509,29 @@ def test_installed_command_reports_bad_input_without_traceback() -> None:
         "",
         "error: stdin (Pod): spec: must be a JSON object\n",
     )
+
+
+# --- fidelity -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(all_fixture_pods()))
+def test_every_fixture_round_trips_through_json_and_yaml(name: str) -> None:
+    pod = all_fixture_pods()[name]
+    # Key order as in the input, changed only where the patch changes it.
+    patched = jsonpatch.apply_patch(pod, rewrite(pod, SETTINGS).ops)
+    assert run(json.dumps(pod)).stdout == as_json(patched)
+    out = yaml.safe_load(run(as_yaml(pod)).stdout)
+    assert ordered(out) == ordered(patched)
+    assert out == expected(pod, SETTINGS)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=4))
+@example(["a\x85b", "line\nnext\x85", "\u2028", "\n", " lead\ntrail \n"])  # NEL: PyYAML's trap
+def test_any_annotation_text_survives_the_yaml_round_trip(texts: list[str]) -> None:
+    pod = copy.deepcopy(HELLO)
+    pod["metadata"]["annotations"] = {f"example.org/a{i}": text for i, text in enumerate(texts)}
+    result = run(as_yaml(pod))
+    assert result.exit_code == 0, result.stderr
+    out = yaml.safe_load(result.stdout)
+    assert out["metadata"]["annotations"] == pod["metadata"]["annotations"]

@@ -242,8 +242,17 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+_UNICODE_BREAKS = frozenset("\x85\u2028\u2029")
+
+
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None
+    style: str | None = None
+    if not _UNICODE_BREAKS.isdisjoint(data):
+        # With allow_unicode PyYAML writes these raw in plain, quoted and block scalars,
+        # and reads them back as line breaks; escaped in double quotes they survive.
+        style = '"'
+    elif "\n" in data:
+        style = "|"
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
