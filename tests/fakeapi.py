@@ -18,7 +18,11 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -383,6 +387,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def run_command(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`istio-spiffe-webhook ARGS` as a real subprocess, KUBECONFIG from the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_SPIFFE_WEBHOOK_")}
+    env["KUBECONFIG"] = str(kubeconfig)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("istio-spiffe-webhook")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 @contextmanager

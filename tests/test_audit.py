@@ -8,10 +8,6 @@ Deployments (via ReplicaSets), a StatefulSet, a CronJob (via a Job), or nobody.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,6 +285,24 @@ def test_the_table_shows_each_owner_its_pods_reasons_fix_and_the_missed_pods(
     ]
 
 
+def test_a_pod_the_rewrite_cannot_read_is_reported_not_a_traceback(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    broken = f.running_pod(NATIVE, "broken", "shop")
+    broken["spec"]["volumes"] = "not a list"  # no real API server sends this
+    fake.add(f.namespace("shop", {INJECT: "enabled"}), broken)
+    code, out, err = audit(kubeconfig, "-o", "json")
+    assert (code, err) == (1, "")  # not known to be well
+    assert json.loads(out) == {
+        "podsChecked": 1,
+        "podsToFix": 0,
+        "owners": [],
+        "unreadablePods": [
+            {"namespace": "shop", "name": "broken", "error": "spec.volumes: must be a JSON array"}
+        ],
+    }
+
+
 def test_yaml_output_is_the_same_report(fake: f.FakeAPI, kubeconfig: Path) -> None:
     populate(fake)
     _, as_json, _ = audit(kubeconfig, "-o", "json")
@@ -310,15 +324,8 @@ def test_pods_are_read_page_by_page(
     assert json.loads(out)["podsChecked"] == 11
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_an_unreachable_cluster_exits_2_with_one_line(fake: f.FakeAPI, tmp_path: Path) -> None:
-    port = closed_port()
+    port = f.closed_port()
     code, out, err = audit(fake.kubeconfig(tmp_path, server=f"http://127.0.0.1:{port}"))
     assert (code, out) == (2, "")
     assert err == (
@@ -403,17 +410,7 @@ def test_audit_runs_as_a_command_with_kubeconfig_from_the_environment(
     fake: f.FakeAPI, kubeconfig: Path
 ) -> None:
     populate(fake)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_SPIFFE_WEBHOOK_")}
-    env["KUBECONFIG"] = str(kubeconfig)
-    command = Path(sys.executable).with_name("istio-spiffe-webhook")
-    done = subprocess.run(
-        [str(command), "audit", "-o", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    done = f.run_command(kubeconfig, "audit", "-o", "json")
     assert (done.returncode, done.stderr) == (1, "")
     assert json.loads(done.stdout) == {
         "podsChecked": 11,

@@ -10,10 +10,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -343,6 +339,31 @@ BROKEN: list[tuple[str, Callable[[f.FakeAPI], None], str, dict[str, str]]] = [
         },
     ),
     (
+        "tls.crt is not a certificate",
+        lambda fake: fake.add(
+            f.tls_secret("istio-spiffe-webhook-tls", NS, b"-----BEGIN CERTIFICATE-----\nnope\n")
+        ),
+        "serving-certificate",
+        {
+            "status": "fail",
+            "message": "Secret istio-spiffe-webhook/istio-spiffe-webhook-tls: tls.crt is not a"
+            " PEM certificate",
+            "fix": RENEW,
+        },
+    ),
+    (
+        "a webhook configuration without webhooks",
+        lambda fake: fake.add(
+            {**f.webhook_configuration(SVC, CA_PEM), "webhooks": []}  # kubectl edit, say
+        ),
+        "webhook-configuration",
+        {
+            "status": "fail",
+            "message": "MutatingWebhookConfiguration istio-spiffe-webhook has no webhooks",
+            "fix": "kubectl apply -k manifests/overlays/cert-manager (or certs/)",
+        },
+    ),
+    (
         "no webhook and no policy",
         lambda fake: fake.remove(f.webhook_configuration(SVC, None)),
         "installed",
@@ -393,41 +414,41 @@ def test_a_certificate_expiring_within_14_days_fails(fake: f.FakeAPI, kubeconfig
     assert by_name(report)["ca-bundle"]["status"] == "pass"
 
 
-def test_a_name_sorting_before_istios_injector_warns_when_reinvoked(
-    fake: f.FakeAPI, tmp_path: Path
+AAA_ORDERING = {
+    "IfNeeded": (
+        0,
+        {
+            "status": "warn",
+            "message": "aaa-spiffe sorts before istio-revision-tag-default, istio-sidecar-injector;"
+            " reinvocationPolicy IfNeeded makes the API server call it again after Istio's"
+            " injector (one more call per pod)",
+            "fix": "nothing is broken; to save the second call, name the configuration so it"
+            " sorts after istio-sidecar-injector (setting webhook_configuration)",
+        },
+    ),
+    "Never": (
+        1,
+        {
+            "status": "fail",
+            "message": "aaa-spiffe sorts before istio-revision-tag-default,"
+            " istio-sidecar-injector and is not reinvoked: it sees pods before Istio adds"
+            " istio-proxy and leaves them with 1-hour certificates",
+            "fix": "set reinvocationPolicy: IfNeeded on aaa-spiffe",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("reinvocation", sorted(AAA_ORDERING))
+def test_a_name_sorting_before_istios_injector_warns_if_reinvoked_and_fails_if_not(
+    fake: f.FakeAPI, tmp_path: Path, reinvocation: str
 ) -> None:
     healthy(fake)
-    fake.add(f.webhook_configuration("aaa-spiffe", CA_PEM))
+    fake.add(f.webhook_configuration("aaa-spiffe", CA_PEM, reinvocation=reinvocation))
     config = tmp_path / "config.yaml"
     config.write_text("webhook_configuration: aaa-spiffe\n")
     code, report, _ = doctor(fake.kubeconfig(tmp_path), "--config", str(config))
-    assert code == 0
-    assert by_name(report)["ordering"] == {
-        "status": "warn",
-        "message": "aaa-spiffe sorts before istio-revision-tag-default, istio-sidecar-injector;"
-        " reinvocationPolicy IfNeeded makes the API server call it again after Istio's"
-        " injector (one more call per pod)",
-        "fix": "nothing is broken; to save the second call, name the configuration so it sorts"
-        " after istio-sidecar-injector (setting webhook_configuration)",
-    }
-
-
-def test_a_name_sorting_before_istios_injector_fails_without_reinvocation(
-    fake: f.FakeAPI, tmp_path: Path
-) -> None:
-    healthy(fake)
-    fake.add(f.webhook_configuration("aaa-spiffe", CA_PEM, reinvocation="Never"))
-    config = tmp_path / "config.yaml"
-    config.write_text("webhook_configuration: aaa-spiffe\n")
-    code, report, _ = doctor(fake.kubeconfig(tmp_path), "--config", str(config))
-    assert code == 1
-    assert by_name(report)["ordering"] == {
-        "status": "fail",
-        "message": "aaa-spiffe sorts before istio-revision-tag-default, istio-sidecar-injector"
-        " and is not reinvoked: it sees pods before Istio adds istio-proxy and leaves them with"
-        " 1-hour certificates",
-        "fix": "set reinvocationPolicy: IfNeeded on aaa-spiffe",
-    }
+    assert (code, by_name(report)["ordering"]) == AAA_ORDERING[reinvocation]
 
 
 def test_no_istio_injector_configuration_warns(fake: f.FakeAPI, kubeconfig: Path) -> None:
@@ -620,6 +641,28 @@ def test_a_policy_rendered_from_other_settings_warns(fake: f.FakeAPI, kubeconfig
     }
 
 
+def test_the_v1beta1_policy_form_on_1_35_is_checked_with_its_own_fix(tmp_path: Path) -> None:
+    fake = f.FakeAPI(minor=35, policy_versions=("v1beta1",))
+    with f.running(fake):
+        healthy(fake)
+        fake.remove(f.webhook_configuration(SVC, None))
+        policy, _binding = policy_objects("v1beta1")
+        fake.add(policy)
+        code, report, _ = doctor(fake.kubeconfig(tmp_path))
+    assert (code, report["form"]) == (1, "policy")
+    assert by_name(report)["policy"]["message"] == (
+        "MutatingAdmissionPolicy istio-spiffe-webhook is installed"
+        " (admissionregistration.k8s.io/v1beta1)"
+    )
+    assert by_name(report)["policy-settings"]["status"] == "pass"
+    assert by_name(report)["policy-binding"] == {
+        "status": "fail",
+        "message": "no MutatingAdmissionPolicyBinding binds istio-spiffe-webhook: the policy"
+        " does nothing",
+        "fix": "istio-spiffe-webhook policy --api-version v1beta1 | kubectl apply -f -",
+    }
+
+
 def test_both_forms_installed_warns(fake: f.FakeAPI, kubeconfig: Path) -> None:
     healthy(fake)
     fake.add(*policy_objects())
@@ -644,15 +687,8 @@ def test_access_denied_exits_2_with_the_api_servers_message(
     )
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_an_unreachable_cluster_exits_2_with_one_line(fake: f.FakeAPI, tmp_path: Path) -> None:
-    port = closed_port()
+    port = f.closed_port()
     kubeconfig = fake.kubeconfig(tmp_path, server=f"http://127.0.0.1:{port}")
     code, report, stderr = doctor(kubeconfig)
     assert (code, report) == (2, None)
@@ -663,17 +699,7 @@ def test_an_unreachable_cluster_exits_2_with_one_line(fake: f.FakeAPI, tmp_path:
 
 def test_doctor_runs_as_a_command(fake: f.FakeAPI, kubeconfig: Path) -> None:
     healthy(fake)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_SPIFFE_WEBHOOK_")}
-    env["KUBECONFIG"] = str(kubeconfig)
-    command = Path(sys.executable).with_name("istio-spiffe-webhook")
-    done = subprocess.run(
-        [str(command), "doctor", "-o", "json", "--trust-domain", "example.org"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    done = f.run_command(kubeconfig, "doctor", "-o", "json", "--trust-domain", "example.org")
     assert (done.returncode, done.stderr) == (0, "")
     report = json.loads(done.stdout)
     assert report["summary"] == {"pass": 11, "warn": 0, "fail": 0}

@@ -117,7 +117,7 @@ def audit_command(
     cluster = Cluster(load_api_client(kubeconfig, context))
     report = run_audit(cluster, settings, namespace, selector, only_opted_in)
     click.echo(dump(report, output) if output != "table" else table(report))
-    sys.exit(1 if report["podsToFix"] else 0)
+    sys.exit(1 if report["podsToFix"] or report.get("unreadablePods") else 0)
 
 
 def run_audit(
@@ -265,7 +265,7 @@ def _controller(metadata: Json) -> Json | None:
 
 def table(report: Json) -> str:
     """The report for people: one block per owner, its fix, then the missed pods."""
-    if not report["podsToFix"]:
+    if not report["podsToFix"] and not report.get("unreadablePods"):
         return (
             f"All good: none of the {report['podsChecked']} running pods checked needs a"
             " restart to rotate its certificates."
