@@ -62,6 +62,7 @@ def test_every_subcommand_resolves_to_a_click_command_named_after_it(name: str) 
     result = CliRunner().invoke(main, [name, "--help"], prog_name="istio-spiffe-webhook")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Usage: istio-spiffe-webhook {name} ")
+    assert "  --config FILE " in result.output  # the README promises it for every subcommand
 
 
 def test_help_and_mutate_never_import_the_kubernetes_client() -> None:

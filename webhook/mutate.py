@@ -332,9 +332,9 @@ def _label(obj: Any, kind: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean", int: "a number"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
+    names.update({float: "a number", type(None): "null"})
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
