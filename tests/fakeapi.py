@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -88,8 +89,15 @@ def status(code: int, reason: str, message: str, details: Json | None = None) ->
 class FakeAPI:
     """The state (objects, denials, discovery) and the HTTP server that serves it."""
 
-    def __init__(self, minor: int = 36, policy_versions: tuple[str, ...] = ("v1",)) -> None:
+    def __init__(
+        self,
+        minor: int = 36,
+        policy_versions: tuple[str, ...] = ("v1",),
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """`tls`: (certificate, key) files to serve HTTPS, as a real API server does."""
         self.minor = minor
+        self.tls = tls
         self.policy_versions = policy_versions
         self.objects: dict[str, Json] = {}
         self.denied: set[str] = set()  # resources (plural) answered with 403
@@ -127,7 +135,7 @@ class FakeAPI:
     def url(self) -> str:
         assert self._server is not None, "start() first"
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
     def start(self) -> FakeAPI:
         api = self
@@ -136,6 +144,10 @@ class FakeAPI:
             fake = api
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -361,7 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.fake.requests.append(self.path)
         auth = self.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        scheme, _, credentials = auth.partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else None  # RFC 7235
         code, body = self.fake.handle(url.path, parse_qs(url.query), token)
         if isinstance(body, str):
             data, content_type = body.encode(), "text/plain; charset=utf-8"

@@ -400,6 +400,53 @@ def test_a_malformed_kubeconfig_exits_2(tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+def test_in_a_pod_the_service_account_and_the_clusters_ca_are_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webhook.certs import certificate_pem, make_ca, make_serving_certificate, private_key_pem
+
+    ca_key, ca = make_ca("kubernetes", valid_days=1)
+    key, cert = make_serving_certificate(
+        ca_key, ca, service="kubernetes", namespace="default", extra_sans=["127.0.0.1"]
+    )
+    (tmp_path / "tls.crt").write_bytes(certificate_pem(cert))
+    (tmp_path / "tls.key").write_bytes(private_key_pem(key))
+    (tmp_path / "ca.crt").write_bytes(certificate_pem(ca))
+    (tmp_path / "token").write_text(f.TOKEN)
+    fake = f.FakeAPI(tls=(tmp_path / "tls.crt", tmp_path / "tls.key"))
+    with f.running(fake):
+        fake.add(f.namespace("shop", {INJECT: "enabled"}), f.running_pod(NATIVE, "a", "shop"))
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", fake.url.rsplit(":", 1)[1])
+        incluster = "kubernetes.config.incluster_config"
+        monkeypatch.setattr(f"{incluster}.SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+        monkeypatch.setattr(f"{incluster}.SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+        result = CliRunner().invoke(main, ["audit", "-o", "json"])
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert json.loads(result.stdout)["podsToFix"] == 1
+    assert fake.url.startswith("https://127.0.0.1:")
+
+
+def test_an_api_server_with_an_untrusted_certificate_exits_2(
+    tmp_path: Path,
+) -> None:
+    from webhook.certs import write_certificates
+
+    files = write_certificates(
+        tmp_path / "certs", service="kubernetes", namespace="default", extra_sans=["127.0.0.1"]
+    )
+    fake = f.FakeAPI(tls=(files.cert, files.key))
+    with f.running(fake):
+        code, out, err = audit(fake.kubeconfig(tmp_path))  # no certificate-authority-data
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: cannot reach the Kubernetes API at {fake.url}: TLS: certificate verify failed:"
+        " unable to get local issuer certificate\n"
+    )
+
+
 def test_namespace_and_all_namespaces_together_are_a_usage_error(kubeconfig: Path) -> None:
     code, out, err = audit(kubeconfig, "-n", "shop", "-A")
     assert (code, out) == (2, "")

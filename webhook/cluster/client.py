@@ -165,6 +165,9 @@ def _reason(error: Exception) -> str:
     """'connection refused' out of urllib3's nested MaxRetryError text."""
     reason = getattr(error, "reason", None) or error
     text = str(reason)
+    tls = re.search(r"\[SSL: \w+\] ([^('\"]+)", text)
+    if tls:
+        return f"TLS: {tls.group(1).strip()}"
     match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if match:
         return match.group(1).strip().lower()
