@@ -669,7 +669,14 @@ def test_both_forms_installed_warns(fake: f.FakeAPI, kubeconfig: Path) -> None:
     code, report, _ = doctor(kubeconfig)
     assert code == 0
     assert report["form"] == "webhook"
-    assert by_name(report)["one-form"]["status"] == "warn"
+    assert by_name(report)["one-form"] == {
+        "status": "warn",
+        "message": "both the webhook and the MutatingAdmissionPolicy istio-spiffe-webhook are"
+        " installed: they agree, but each pod is rewritten twice",
+        "fix": "remove one: kubectl delete mutatingadmissionpolicy/istio-spiffe-webhook"
+        " mutatingadmissionpolicybinding/istio-spiffe-webhook, or kubectl delete"
+        " mutatingwebhookconfiguration/istio-spiffe-webhook",
+    }
 
 
 def test_access_denied_exits_2_with_the_api_servers_message(

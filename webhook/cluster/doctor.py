@@ -143,9 +143,9 @@ class Doctor:
                     WARN,
                     f"both the webhook and the MutatingAdmissionPolicy {policy_name} are"
                     " installed: they agree, but each pod is rewritten twice",
-                    f"remove one: kubectl delete mutatingadmissionpolicy {policy_name}"
-                    f" mutatingadmissionpolicybinding {policy_name}, or kubectl delete"
-                    f" mutatingwebhookconfiguration {s.webhook_configuration}",
+                    f"remove one: kubectl delete mutatingadmissionpolicy/{policy_name}"
+                    f" mutatingadmissionpolicybinding/{policy_name}, or kubectl delete"
+                    f" mutatingwebhookconfiguration/{s.webhook_configuration}",
                 )
             self.webhook_checks(webhook)
         elif policy is not None:
