@@ -157,6 +157,11 @@ def cluster() -> Iterator[Cluster]:
     try:
         for namespace in (state.opted_in, state.plain):
             kubectl("create", "namespace", namespace)
+            # Istio's pods need NET_ADMIN (istio-init): keep a cluster-wide Pod Security
+            # default from rejecting them in one namespace or both.
+            kubectl(
+                "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=privileged"
+            )
         kubectl(
             "label",
             "namespace",
