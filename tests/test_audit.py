@@ -303,6 +303,25 @@ def test_a_pod_the_rewrite_cannot_read_is_reported_not_a_traceback(
     }
 
 
+def test_the_table_says_shared_reasons_once_per_set_of_replicas(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    hello = f.deployment("hello", "shop")
+    rs = f.replicaset("hello-5d8f7c", "shop", hello)
+    fake.add(f.namespace("shop", {INJECT: "enabled"}), hello, rs)
+    fake.add(*(f.running_pod(NATIVE, f"hello-5d8f7c-{i}", "shop", rs) for i in range(7)))
+    fake.add(f.running_pod(RAW["hello--0"], "hello-5d8f7c-x", "shop", rs))  # other reasons
+    code, out, _ = audit(kubeconfig)
+    assert code == 1
+    assert out.splitlines()[2 : 4 + len(NATIVE_REASONS)] == [
+        "shop  Deployment/hello",
+        "  pods hello-5d8f7c-0, hello-5d8f7c-1, hello-5d8f7c-2, hello-5d8f7c-3, hello-5d8f7c-4"
+        " and 2 more",
+        *[f"    - {reason}" for reason in NATIVE_REASONS],
+    ]
+    assert out.splitlines()[4 + len(NATIVE_REASONS)] == "  pod hello-5d8f7c-x"
+
+
 def test_yaml_output_is_the_same_report(fake: f.FakeAPI, kubeconfig: Path) -> None:
     populate(fake)
     _, as_json, _ = audit(kubeconfig, "-o", "json")

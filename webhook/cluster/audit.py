@@ -38,6 +38,7 @@ from webhook.rewrite import InvalidPod, rewrite
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 FINISHED_PHASES = ("Succeeded", "Failed")
+TABLE_NAMES = 5  # pod names shown per line of the table (JSON and YAML list them all)
 
 
 @dataclass
@@ -278,11 +279,17 @@ def table(report: Json) -> str:
     missed: list[str] = []
     for group in report["owners"]:
         lines.append(f"{group['namespace']}  {group['kind']}/{group['name']}")
+        # Replicas share their reasons: say them once per set of pods.
+        by_reasons: dict[tuple[str, ...], list[str]] = {}
         for pod in group["pods"]:
-            lines.append(f"  pod {pod['name']}")
-            lines.extend(f"    - {reason}" for reason in pod["reasons"])
+            by_reasons.setdefault(tuple(pod["reasons"]), []).append(pod["name"])
             if pod["missedByWebhook"]:
                 missed.append(f"  {group['namespace']}/{pod['name']}")
+        for reasons, names in by_reasons.items():
+            shown = ", ".join(names[:TABLE_NAMES])
+            more = f" and {len(names) - TABLE_NAMES} more" if len(names) > TABLE_NAMES else ""
+            lines.append(f"  pod{'s' if len(names) > 1 else ''} {shown}{more}")
+            lines.extend(f"    - {reason}" for reason in reasons)
         for command in group["fix"]:
             lines.append(f"  fix: {command}")
         if group["note"]:
