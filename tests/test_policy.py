@@ -297,8 +297,9 @@ def test_policy_command_rejects_bad_input_in_one_line(
 
 
 # --- The CEL, evaluated -------------------------------------------------------------------
-# cel-expr-python wraps the CEL C++ implementation (cel-cpp), with the same two-variable
-# comprehensions, lists and optional extensions as the Kubernetes CEL environment. What
+# cel-expr-python wraps the CEL C++ implementation (cel-cpp), here with only the two-variable
+# comprehensions and optional types that Kubernetes has had since 1.32 (not the lists
+# extension: `flatten()` and `lists.range()` are not in 1.34's CEL for new expressions). What
 # only Kubernetes has is shimmed: `object` and `variables` are dyn, `jsonpatch.escapeKey`
 # is RFC 6901 escaping, and typed constructions (`JSONPatch{op: ...}`,
 # `Object.spec.volumes{name: ...}`, with `?field:` entries) become map literals with the
@@ -385,7 +386,6 @@ class PolicyEvaluator:
             "name: kubernetes-mutating-admission-policy-shim\n"
             "extensions:\n"
             "  - name: cel.lib.ext.comprev2\n"
-            "  - name: cel.lib.ext.lists\n"
             "  - name: optional\n"
         )
         escape_key = cel.FunctionDecl(

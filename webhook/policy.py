@@ -122,59 +122,59 @@ JSONPatch{
     + (size(variables.socketVolumeIndexes) == 0 ? [$socket_volume] : [])
 }"""
 
-# One list of patches per container: the proxy gets its mounts and env rebuilt, any other
-# container that mounts the certificates volume gets its mounts without it.
-_CONTAINER_PATCHES = """\
+# Per container list, one patch per matching container: the proxy's mounts, the proxy's env,
+# and the mounts of any other container that mounts the certificates volume. (Three lists
+# rather than one flattened: `flatten()` reached the Kubernetes CEL environment only in 1.34,
+# which 1.34 API servers do not yet accept in new expressions.)
+_PROXY_MOUNTS_PATCHES = """\
+variables.$list.transformList(i, c, c.name == $proxy, JSONPatch{
+  op: "add",
+  path: "/spec/$list/" + string(i) + "/volumeMounts",
+  value: (has(c.volumeMounts) ? c.volumeMounts : []).transformList(j, m,
+      m.name != $certs,
+      m.name != $socket ? m : $type.volumeMounts{
+        name: m.name,
+        mountPath: j == c.volumeMounts.transformList(k, x, x.name == $socket, k)[0]
+          ? $mount_path : m.mountPath,
+        readOnly: true,
+        ?subPath: m.?subPath,
+        ?subPathExpr: m.?subPathExpr,
+        ?mountPropagation: m.?mountPropagation,
+        ?recursiveReadOnly: m.?recursiveReadOnly
+      })
+    + (has(c.volumeMounts) && c.volumeMounts.exists(m, m.name == $socket) ? [] : [
+        $type.volumeMounts{name: $socket, mountPath: $mount_path, readOnly: true}
+      ])
+})"""
+
+_PROXY_ENV_PATCHES = """\
+variables.$list.transformList(i, c, c.name == $proxy, JSONPatch{
+  op: "add",
+  path: "/spec/$list/" + string(i) + "/env",
+  value: (has(c.env) ? c.env : []).transformList(j, e,
+      (e.name != $provider_env
+          || j == c.env.transformList(k, x, x.name == $provider_env, k)[0])
+        && (e.name != $ca_env
+          || j == c.env.transformList(k, x, x.name == $ca_env, k)[0]),
+      e.name == $provider_env ? $type.env{name: $provider_env, value: $provider}
+        : e.name == $ca_env ? $type.env{name: $ca_env, value: $ca} : e)
+    + (has(c.env) && c.env.exists(e, e.name == $provider_env) ? [] : [
+        $type.env{name: $provider_env, value: $provider}
+      ])
+    + (has(c.env) && c.env.exists(e, e.name == $ca_env) ? [] : [
+        $type.env{name: $ca_env, value: $ca}
+      ])
+})"""
+
+_OTHER_MOUNTS_PATCHES = """\
 variables.$list.transformList(i, c,
-  c.name == $proxy
-    || (has(c.volumeMounts) && c.volumeMounts.exists(m, m.name == $certs)),
-  c.name == $proxy
-    ? [
-      JSONPatch{
-        op: "add",
-        path: "/spec/$list/" + string(i) + "/volumeMounts",
-        value: (has(c.volumeMounts) ? c.volumeMounts : []).transformList(j, m,
-            m.name != $certs,
-            m.name != $socket ? m : $type.volumeMounts{
-              name: m.name,
-              mountPath: j == c.volumeMounts.transformList(k, x, x.name == $socket, k)[0]
-                ? $mount_path : m.mountPath,
-              readOnly: true,
-              ?subPath: m.?subPath,
-              ?subPathExpr: m.?subPathExpr,
-              ?mountPropagation: m.?mountPropagation,
-              ?recursiveReadOnly: m.?recursiveReadOnly
-            })
-          + (has(c.volumeMounts) && c.volumeMounts.exists(m, m.name == $socket) ? [] : [
-              $type.volumeMounts{name: $socket, mountPath: $mount_path, readOnly: true}
-            ])
-      },
-      JSONPatch{
-        op: "add",
-        path: "/spec/$list/" + string(i) + "/env",
-        value: (has(c.env) ? c.env : []).transformList(j, e,
-            (e.name != $provider_env
-                || j == c.env.transformList(k, x, x.name == $provider_env, k)[0])
-              && (e.name != $ca_env
-                || j == c.env.transformList(k, x, x.name == $ca_env, k)[0]),
-            e.name == $provider_env ? $type.env{name: $provider_env, value: $provider}
-              : e.name == $ca_env ? $type.env{name: $ca_env, value: $ca} : e)
-          + (has(c.env) && c.env.exists(e, e.name == $provider_env) ? [] : [
-              $type.env{name: $provider_env, value: $provider}
-            ])
-          + (has(c.env) && c.env.exists(e, e.name == $ca_env) ? [] : [
-              $type.env{name: $ca_env, value: $ca}
-            ])
-      }
-    ]
-    : [
-      JSONPatch{
-        op: "add",
-        path: "/spec/$list/" + string(i) + "/volumeMounts",
-        value: c.volumeMounts.filter(m, m.name != $certs)
-      }
-    ]
-).flatten()"""
+  c.name != $proxy
+    && has(c.volumeMounts) && c.volumeMounts.exists(m, m.name == $certs),
+  JSONPatch{
+    op: "add",
+    path: "/spec/$list/" + string(i) + "/volumeMounts",
+    value: c.volumeMounts.filter(m, m.name != $certs)
+  })"""
 
 _LABEL_PATCH = """\
 has(object.metadata.labels)
@@ -216,8 +216,9 @@ def patch_expression(settings: Settings) -> str:
     socket_volume = Template(_SOCKET_VOLUME).substitute(lit)
     volumes = Template(_VOLUMES_PATCH).substitute(lit, socket_volume=socket_volume)
     containers = [
-        Template(_CONTAINER_PATCHES).substitute(lit, list=name, type=f"Object.spec.{name}")
+        Template(template).substitute(lit, list=name, type=f"Object.spec.{name}")
         for name in ("initContainers", "containers")
+        for template in (_PROXY_MOUNTS_PATCHES, _PROXY_ENV_PATCHES, _OTHER_MOUNTS_PATCHES)
     ]
     label = Template(_LABEL_PATCH).substitute(lit)
     return "\n".join(
@@ -226,8 +227,7 @@ def patch_expression(settings: Settings) -> str:
             "[",
             _indent(volumes, 2),
             "]",
-            "+ " + containers[0],
-            "+ " + containers[1],
+            *("+ " + patches for patches in containers),
             "+ [",
             _indent(label, 2),
             "]",
