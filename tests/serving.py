@@ -32,8 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from webhook.certs import CertificateFiles, write_certificates
+from webhook.certs import (
+    CertificateFiles,
+    certificate_pem,
+    make_serving_certificate,
+    private_key_pem,
+    write_certificates,
+)
 from webhook.config import ENV_PREFIX
 
 HOST = "127.0.0.1"
@@ -76,6 +85,38 @@ def make_certificates(directory: Path, *, force: bool = False) -> CertificateFil
         extra_sans=[HOST, "localhost"],
         force=force,
     )
+
+
+def new_serving_pair(
+    certs: CertificateFiles, days: int = 30
+) -> tuple[bytes, bytes, x509.Certificate]:
+    """A new serving key and certificate from the same CA: (key PEM, cert PEM, cert)."""
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    key, cert = make_serving_certificate(
+        ca_key,
+        ca,
+        service="istio-spiffe-webhook",
+        namespace="istio-spiffe-webhook",
+        extra_sans=[HOST, "localhost"],
+        valid_days=days,
+    )
+    return private_key_pem(key), certificate_pem(cert), cert
+
+
+def read_until_closed(tls: ssl.SSLSocket) -> bytes:
+    """Everything the server sends until it closes (each read bounded by the timeout)."""
+    data = b""
+    for _ in range(10_000):
+        try:
+            chunk = tls.recv(65536)
+        except (ConnectionResetError, ssl.SSLEOFError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.oracle import admission_reviews
-from tests.serving import ServerHandle, running_server
+from tests.serving import ServerHandle, read_until_closed, running_server
 
 HEADER_LIMIT = 4096
 BODY_LIMIT = 16384
@@ -32,20 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         keep_alive_seconds=1,
     ) as handle:
         yield handle
-
-
-def read_until_closed(tls: ssl.SSLSocket) -> bytes:
-    """Everything the server sends until it closes (bounded by the socket timeout)."""
-    data = b""
-    for _ in range(1000):
-        try:
-            chunk = tls.recv(65536)
-        except (ConnectionResetError, ssl.SSLEOFError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def split(response: bytes) -> tuple[str, dict[str, str], bytes]:

@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.serving import HOST, ServerHandle, running_server
-from webhook.certs import certificate_pem, make_serving_certificate, private_key_pem
+from tests.serving import HOST, ServerHandle, new_serving_pair, running_server
 
 RELOAD = "istio_spiffe_webhook_certificate_reloads_total"
 EXPIRY = "istio_spiffe_webhook_certificate_expiration_timestamp_seconds"
@@ -38,22 +35,6 @@ def served_certificate(server: ServerHandle) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def new_pair(server: ServerHandle, days: int) -> tuple[bytes, bytes, x509.Certificate]:
-    """A new serving key and certificate from the same CA: (key PEM, cert PEM, cert)."""
-    ca_key = serialization.load_pem_private_key(server.certs.ca_key.read_bytes(), None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca = x509.load_pem_x509_certificate(server.certs.ca_cert.read_bytes())
-    key, cert = make_serving_certificate(
-        ca_key,
-        ca,
-        service="istio-spiffe-webhook",
-        namespace="istio-spiffe-webhook",
-        extra_sans=[HOST, "localhost"],
-        valid_days=days,
-    )
-    return private_key_pem(key), certificate_pem(cert), cert
 
 
 def replace(path: Path, data: bytes) -> None:
@@ -90,7 +71,7 @@ def test_a_rotated_certificate_is_served_to_new_handshakes(server: ServerHandle)
         first.serial_number
         == x509.load_pem_x509_certificate(server.certs.cert.read_bytes()).serial_number
     )
-    key_pem, cert_pem, cert = new_pair(server, days=30)
+    key_pem, cert_pem, cert = new_serving_pair(server.certs, days=30)
     assert cert.serial_number != first.serial_number
     replace(server.certs.key, key_pem)
     replace(server.certs.cert, cert_pem)
@@ -118,7 +99,7 @@ def test_a_garbage_or_half_written_pair_keeps_the_old_certificate(server: Server
     assert served_certificate(server).serial_number == old.serial_number
 
     # 2. A half-written certificate (the first half of a real PEM).
-    key_pem, cert_pem, new = new_pair(server, days=40)
+    key_pem, cert_pem, new = new_serving_pair(server.certs, days=40)
     replace(server.certs.cert, cert_pem[: len(cert_pem) // 2])
     wait_for_errors(server, 2)
     assert served_certificate(server).serial_number == old.serial_number

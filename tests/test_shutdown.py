@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.oracle import admission_reviews
-from tests.serving import HOST, ServerHandle, running_server
+from tests.serving import HOST, ServerHandle, read_until_closed, running_server
 
 REVIEW = admission_reviews()["hello-classic"]
 
@@ -34,19 +34,6 @@ def start_request(server: ServerHandle, body: bytes) -> ssl.SSLSocket:
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[: len(body) // 2]
     )
     return tls
-
-
-def read_until_closed(tls: ssl.SSLSocket) -> bytes:
-    data = b""
-    for _ in range(1000):
-        try:
-            chunk = tls.recv(65536)
-        except (ConnectionResetError, ssl.SSLEOFError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def wait_for_readyz(server: ServerHandle, status: int, within: float = 10.0) -> httpx.Response:
