@@ -476,6 +476,26 @@ def test_deeply_nested_input_is_one_error_line() -> None:
     assert_bad_input(run("[" * 100_000 + "]" * 100_000), "stdin: nested too deeply")
 
 
+def test_yaml_alias_bomb_is_refused_before_it_is_written_out() -> None:
+    lines = ["kind: ConfigMap", "data:", "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    assert_bad_input(
+        run("\n".join(lines) + "\n"), "stdin: YAML aliases expand to more than 10000000 values"
+    )
+
+
+def test_recursive_yaml_alias_is_refused() -> None:
+    assert_bad_input(
+        run("kind: ConfigMap\ndata: &a [1, *a]\n"),
+        "stdin: YAML aliases expand to more than 10000000 values",
+    )
+
+
+def test_ordinary_yaml_aliases_are_written_out_in_full() -> None:
+    result = run("kind: ConfigMap\nx: &a {k: v}\ny: *a\n")
+    assert (result.exit_code, result.stdout) == (0, "kind: ConfigMap\nx:\n  k: v\ny:\n  k: v\n")
+
+
 def test_unknown_option_is_a_usage_error_exit_2() -> None:
     result = run("{}", "--frobnicate")
     assert result.exit_code == 2

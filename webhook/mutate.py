@@ -48,6 +48,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
 ADMISSION_REVIEW = "AdmissionReview"
+MAX_EXPANDED_VALUES = 10_000_000  # about 1 GB of output: far beyond any manifest
 
 
 class BadInput(Exception):
@@ -117,7 +118,31 @@ def parse_documents(text: str, source: str) -> tuple[bool, list[Any]]:
         raise BadInput(f"{source}: nested too deeply") from None
     if not documents:
         raise BadInput(f"{source}: no objects in the input")
+    if _expanded_size(documents, {}) > MAX_EXPANDED_VALUES:
+        raise BadInput(f"{source}: YAML aliases expand to more than {MAX_EXPANDED_VALUES} values")
     return False, documents
+
+
+def _expanded_size(value: Any, seen: dict[int, int]) -> int:
+    """How many values `value` has once YAML aliases are written out in full.
+
+    An alias is a shared object after loading, so a few nested aliases can stand for
+    billions of values ("billion laughs"); counting each shared object once keeps this
+    linear in the input while the sum is what writing the output would cost.
+    """
+    if isinstance(value, dict | list):
+        key = id(value)
+        if key not in seen:
+            seen[key] = MAX_EXPANDED_VALUES + 1  # a cycle (recursive alias) is too much too
+            children = value.values() if isinstance(value, dict) else value
+            total = 1
+            for child in children:
+                total += _expanded_size(child, seen)
+                if total > MAX_EXPANDED_VALUES:
+                    break
+            seen[key] = total
+        return seen[key]
+    return 1
 
 
 # --- Rewriting ---------------------------------------------------------------------------
