@@ -191,9 +191,10 @@ class CertificateSource:
         seen = self._signature()
         pair = load_pair(self.cert_file, self.key_file)
         self._install(pair, seen)
-        listening = load_pair(self.cert_file, self.key_file).context
-        listening.sni_callback = self._select
-        self._listening = listening
+        # The first pair's context listens; the callback switches each handshake to the
+        # current pair's context (the same one until the first reload).
+        pair.context.sni_callback = self._select
+        self._listening = pair.context
         return pair
 
     def _select(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
