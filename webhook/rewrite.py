@@ -67,6 +67,78 @@ def opted_out(pod: dict[str, Any], settings: Settings) -> bool:
     return labels.get(settings.inject_label) == settings.inject_disabled_value
 
 
+class _Names:
+    """A Settings' names and values, and the reasons that depend on nothing else.
+
+    Made once per Settings (which is frozen): every pod creation runs `rewrite`, and
+    building these strings for each one cost more than the checks themselves.
+    """
+
+    __slots__ = (
+        "ca_addr",
+        "ca_addr_env",
+        "cert_provider",
+        "cert_provider_env",
+        "certs",
+        "driver",
+        "env_missing",
+        "env_twice",
+        "env_wrong",
+        "label_key",
+        "label_missing",
+        "label_path",
+        "label_value",
+        "mount_path",
+        "no_env",
+        "proxy",
+        "proxy_mounts_certs",
+        "proxy_no_mount",
+        "read_write",
+        "socket",
+        "socket_missing",
+        "volume_certs",
+        "wanted_volume",
+    )
+
+    def __init__(self, s: Settings) -> None:
+        self.proxy = s.proxy_container
+        self.certs = s.certs_volume
+        self.socket = s.socket_volume
+        self.mount_path = s.socket_mount_path
+        self.driver = s.csi_driver
+        self.cert_provider_env, self.cert_provider = s.cert_provider_env, s.cert_provider
+        self.ca_addr_env, self.ca_addr = s.ca_addr_env, s.ca_addr
+        self.label_key, self.label_value = s.identity_label, s.identity_label_value
+        self.label_path = f"/metadata/labels/{escape(s.identity_label)}"
+        # Compared with, never put in an op (ops get fresh objects: callers may edit them).
+        self.wanted_volume = {"name": self.socket, "csi": {"driver": self.driver, "readOnly": True}}
+        self.volume_certs = f"has the {self.certs} volume"
+        self.socket_missing = f"volume {self.socket} is missing"
+        self.proxy_no_mount = f"{self.proxy} does not mount {self.socket}"
+        self.proxy_mounts_certs = f"{self.proxy} mounts {self.certs}"
+        self.read_write = f"{self.proxy} mounts {self.socket} read-write"
+        wanted = {self.cert_provider_env: self.cert_provider, self.ca_addr_env: self.ca_addr}
+        self.no_env = f"{self.proxy} has no {' or '.join(wanted)}"
+        self.env_twice = {n: f"{self.proxy} sets {n} twice" for n in wanted}
+        self.env_wrong = {n: f"{self.proxy} has {n} not set to {v}" for n, v in wanted.items()}
+        self.env_missing = {n: f"{self.proxy} has no {n}" for n in wanted}
+        self.label_missing = f"label {self.label_key}={self.label_value} is missing"
+
+
+_NAMES: dict[int, tuple[Settings, _Names]] = {}
+
+
+def _names(settings: Settings) -> _Names:
+    entry = _NAMES.get(id(settings))
+    if entry is not None and entry[0] is settings:
+        return entry[1]
+    if len(_NAMES) >= 64:  # tests make many Settings; a server has one
+        _NAMES.clear()
+    names = _Names(settings)
+    _NAMES[id(settings)] = (settings, names)
+    return names
+
+
 def rewrite(pod: dict[str, Any], settings: Settings) -> Result:
     """The patch (RFC 6902 ops, in order) that makes `pod` follow the contract."""
     result = Result()
@@ -74,65 +146,86 @@ def rewrite(pod: dict[str, Any], settings: Settings) -> Result:
         raise InvalidPod("pod: must be a JSON object")
     if opted_out(pod, settings) or not has_proxy(pod, settings):
         return result
+    names = _names(settings)
     spec = _dict(pod, "spec", "spec")
-    _volumes(spec, settings, result)
+    _volumes(spec, names, result)
+    proxy = names.proxy
     for list_name in _LISTS:
         for index, container in enumerate(_list(spec, list_name, f"spec.{list_name}")):
-            where = f"/spec/{list_name}/{index}"
             if not isinstance(container, dict):
                 raise InvalidPod(f"spec.{list_name}[{index}]: must be a JSON object")
-            if container.get("name") == settings.proxy_container:
-                _proxy_mounts(container, where, settings, result)
-                _proxy_env(container, where, settings, result)
+            where = f"/spec/{list_name}/{index}"
+            if container.get("name") == proxy:
+                _proxy_mounts(container, where, names, result)
+                _proxy_env(container, where, names, result)
             else:
-                _other_mounts(container, where, settings, result)
-    _label(pod, settings, result)
+                _other_mounts(container, where, names, result)
+    _label(pod, names, result)
     return result
 
 
-def _volumes(spec: dict[str, Any], settings: Settings, result: Result) -> None:
-    wanted = {
-        "name": settings.socket_volume,
-        "csi": {"driver": settings.csi_driver, "readOnly": True},
-    }
-    volumes = _list(spec, "volumes", "spec.volumes")
-    if spec.get("volumes") is None:
-        result.ops.append({"op": "add", "path": "/spec/volumes", "value": [wanted]})
-        result.reasons.append(f"volume {settings.socket_volume} is missing")
+def _volumes(spec: dict[str, Any], n: _Names, result: Result) -> None:
+    volumes = spec.get("volumes")
+    if volumes is None:
+        result.ops.append(
+            {
+                "op": "add",
+                "path": "/spec/volumes",
+                "value": [{"name": n.socket, "csi": {"driver": n.driver, "readOnly": True}}],
+            }
+        )
+        result.reasons.append(n.socket_missing)
         return
+    if not isinstance(volumes, list):
+        raise InvalidPod("spec.volumes: must be a JSON array")
+    ops, reasons = result.ops, result.reasons
+    certs, socket = n.certs, n.socket
     removed: list[int] = []
     socket_seen = False
     for index, volume in enumerate(volumes):
         name = volume.get("name") if isinstance(volume, dict) else None
-        if name == settings.certs_volume:
+        if name == certs:
             removed.append(index)
-            result.reasons.append(f"has the {settings.certs_volume} volume")
-        elif name == settings.socket_volume and socket_seen:
+            reasons.append(n.volume_certs)
+        elif name != socket:
+            continue
+        elif socket_seen:
             removed.append(index)  # a duplicate; the API server would reject the pod
-        elif name == settings.socket_volume:
+        else:
             socket_seen = True
-            if volume != wanted:
-                result.ops.append(
-                    {"op": "replace", "path": f"/spec/volumes/{index}", "value": wanted}
+            if volume != n.wanted_volume:
+                ops.append(
+                    {
+                        "op": "replace",
+                        "path": f"/spec/volumes/{index}",
+                        "value": {"name": socket, "csi": {"driver": n.driver, "readOnly": True}},
+                    }
                 )
                 source = _source(volume)
-                result.reasons.append(
-                    f"volume {settings.socket_volume} is {source or 'without a source'},"
-                    f" not a read-only CSI volume of {settings.csi_driver}"
+                reasons.append(
+                    f"volume {socket} is {source or 'without a source'},"
+                    f" not a read-only CSI volume of {n.driver}"
                 )
                 csi = volume.get("csi")
                 driver = csi.get("driver") if isinstance(csi, dict) else None
                 if source not in (None, "emptyDir", "csi") or (
-                    source == "csi" and driver != settings.csi_driver
+                    source == "csi" and driver != n.driver
                 ):
                     result.warnings.append(
-                        f"replaced the {source} source of volume {settings.socket_volume}"
-                        f" with the CSI driver {settings.csi_driver}"
+                        f"replaced the {source} source of volume {socket}"
+                        f" with the CSI driver {n.driver}"
                     )
-    result.ops.extend({"op": "remove", "path": f"/spec/volumes/{i}"} for i in reversed(removed))
+    for index in reversed(removed):
+        ops.append({"op": "remove", "path": f"/spec/volumes/{index}"})
     if not socket_seen:
-        result.ops.append({"op": "add", "path": "/spec/volumes/-", "value": wanted})
-        result.reasons.append(f"volume {settings.socket_volume} is missing")
+        ops.append(
+            {
+                "op": "add",
+                "path": "/spec/volumes/-",
+                "value": {"name": socket, "csi": {"driver": n.driver, "readOnly": True}},
+            }
+        )
+        reasons.append(n.socket_missing)
 
 
 def _source(volume: dict[str, Any]) -> str | None:
@@ -143,125 +236,134 @@ def _source(volume: dict[str, Any]) -> str | None:
     return None
 
 
-def _mounts(container: dict[str, Any], where: str) -> list[Any]:
-    return _list(container, "volumeMounts", where[1:].replace("/", ".") + ".volumeMounts")
+def _field_list(container: dict[str, Any], key: str, where: str) -> list[Any] | None:
+    value = container.get(key)
+    if value is None or isinstance(value, list):
+        return value
+    raise InvalidPod(f"{where[1:].replace('/', '.')}.{key}: must be a JSON array")
 
 
-def _other_mounts(
-    container: dict[str, Any], where: str, settings: Settings, result: Result
-) -> None:
-    removed = [
-        i
-        for i, m in enumerate(_mounts(container, where))
-        if isinstance(m, dict) and m.get("name") == settings.certs_volume
-    ]
+def _other_mounts(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+    mounts = _field_list(container, "volumeMounts", where)
+    if not mounts:
+        return
+    certs = n.certs
+    removed = [i for i, m in enumerate(mounts) if isinstance(m, dict) and m.get("name") == certs]
     if removed:
         name = container.get("name")
-        result.warnings.append(f"removed the {settings.certs_volume} mount from container {name}")
-        result.reasons.append(f"container {name} mounts {settings.certs_volume}")
-    result.ops.extend(
-        {"op": "remove", "path": f"{where}/volumeMounts/{i}"} for i in reversed(removed)
-    )
+        result.warnings.append(f"removed the {certs} mount from container {name}")
+        result.reasons.append(f"container {name} mounts {certs}")
+        for i in reversed(removed):
+            result.ops.append({"op": "remove", "path": f"{where}/volumeMounts/{i}"})
 
 
-def _proxy_mounts(
-    container: dict[str, Any], where: str, settings: Settings, result: Result
-) -> None:
-    mounts = _mounts(container, where)
-    wanted = {
-        "name": settings.socket_volume,
-        "mountPath": settings.socket_mount_path,
-        "readOnly": True,
-    }
-    if container.get("volumeMounts") is None:
-        result.ops.append({"op": "add", "path": f"{where}/volumeMounts", "value": [wanted]})
-        result.reasons.append(f"{settings.proxy_container} does not mount {settings.socket_volume}")
+def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+    mounts = _field_list(container, "volumeMounts", where)
+    ops, reasons = result.ops, result.reasons
+    if mounts is None:
+        ops.append(
+            {
+                "op": "add",
+                "path": f"{where}/volumeMounts",
+                "value": [{"name": n.socket, "mountPath": n.mount_path, "readOnly": True}],
+            }
+        )
+        reasons.append(n.proxy_no_mount)
         return
+    certs, socket = n.certs, n.socket
     removed: list[int] = []
     socket_seen = False
     for index, mount in enumerate(mounts):
         name = mount.get("name") if isinstance(mount, dict) else None
-        if name == settings.certs_volume:
+        if name == certs:
             removed.append(index)
-            result.reasons.append(f"{settings.proxy_container} mounts {settings.certs_volume}")
-        elif name == settings.socket_volume:
+            reasons.append(n.proxy_mounts_certs)
+        elif name == socket:
             path = f"{where}/volumeMounts/{index}"
-            if not socket_seen and mount.get("mountPath") != settings.socket_mount_path:
-                result.ops.append(
-                    {"op": "add", "path": f"{path}/mountPath", "value": settings.socket_mount_path}
-                )
-                result.reasons.append(
-                    f"{settings.proxy_container} mounts {settings.socket_volume}"
-                    f" at {mount.get('mountPath')}"
-                )
+            if not socket_seen and mount.get("mountPath") != n.mount_path:
+                ops.append({"op": "add", "path": f"{path}/mountPath", "value": n.mount_path})
+                reasons.append(f"{n.proxy} mounts {socket} at {mount.get('mountPath')}")
             if mount.get("readOnly") is not True:
-                result.ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
-                result.reasons.append(
-                    f"{settings.proxy_container} mounts {settings.socket_volume} read-write"
-                )
+                ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
+                reasons.append(n.read_write)
             socket_seen = True
-    result.ops.extend(
-        {"op": "remove", "path": f"{where}/volumeMounts/{i}"} for i in reversed(removed)
-    )
+    for index in reversed(removed):
+        ops.append({"op": "remove", "path": f"{where}/volumeMounts/{index}"})
     if not socket_seen:
-        result.ops.append({"op": "add", "path": f"{where}/volumeMounts/-", "value": wanted})
-        result.reasons.append(f"{settings.proxy_container} does not mount {settings.socket_volume}")
+        ops.append(
+            {
+                "op": "add",
+                "path": f"{where}/volumeMounts/-",
+                "value": {"name": socket, "mountPath": n.mount_path, "readOnly": True},
+            }
+        )
+        reasons.append(n.proxy_no_mount)
 
 
-def _proxy_env(container: dict[str, Any], where: str, settings: Settings, result: Result) -> None:
-    wanted = {
-        settings.cert_provider_env: settings.cert_provider,
-        settings.ca_addr_env: settings.ca_addr,
-    }
-    env = _list(container, "env", where[1:].replace("/", ".") + ".env")
-    if container.get("env") is None:
-        result.ops.append(
+def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+    env = _field_list(container, "env", where)
+    ops, reasons = result.ops, result.reasons
+    first, second = n.cert_provider_env, n.ca_addr_env
+    if env is None:
+        ops.append(
             {
                 "op": "add",
                 "path": f"{where}/env",
-                "value": [{"name": n, "value": v} for n, v in wanted.items()],
+                "value": [
+                    {"name": first, "value": n.cert_provider},
+                    {"name": second, "value": n.ca_addr},
+                ],
             }
         )
-        result.reasons.append(f"{settings.proxy_container} has no {' or '.join(wanted)}")
+        reasons.append(n.no_env)
         return
+    # The (usually two) entries that set our variables, found in one pass over the env.
+    hits = [
+        (index, var)
+        for index, var in enumerate(env)
+        if isinstance(var, dict) and ((name := var.get("name")) == first or name == second)
+    ]
     seen: set[str] = set()
     removed: list[int] = []
-    for index, var in enumerate(env):
-        name = var.get("name") if isinstance(var, dict) else None
-        if name not in wanted:
-            continue
+    for index, var in hits:
+        name = var["name"]
         if name in seen:
             removed.append(index)
-            result.reasons.append(f"{settings.proxy_container} sets {name} twice")
+            reasons.append(n.env_twice[name])
             continue
         seen.add(name)
-        entry = {"name": name, "value": wanted[name]}
-        if var != entry:
-            result.ops.append({"op": "replace", "path": f"{where}/env/{index}", "value": entry})
-            result.reasons.append(
-                f"{settings.proxy_container} has {name} not set to {wanted[name]}"
+        value = n.cert_provider if name == first else n.ca_addr
+        if var != {"name": name, "value": value}:
+            ops.append(
+                {
+                    "op": "replace",
+                    "path": f"{where}/env/{index}",
+                    "value": {"name": name, "value": value},
+                }
             )
-    result.ops.extend({"op": "remove", "path": f"{where}/env/{i}"} for i in reversed(removed))
-    for name, value in wanted.items():
+            reasons.append(n.env_wrong[name])
+    for index in reversed(removed):
+        ops.append({"op": "remove", "path": f"{where}/env/{index}"})
+    for name, value in ((first, n.cert_provider), (second, n.ca_addr)):
         if name not in seen:
-            result.ops.append(
+            ops.append(
                 {"op": "add", "path": f"{where}/env/-", "value": {"name": name, "value": value}}
             )
-            result.reasons.append(f"{settings.proxy_container} has no {name}")
+            reasons.append(n.env_missing[name])
 
 
-def _label(pod: dict[str, Any], settings: Settings, result: Result) -> None:
-    key, value = settings.identity_label, settings.identity_label_value
-    metadata = _dict(pod, "metadata", "metadata")
-    if pod.get("metadata") is None:
+def _label(pod: dict[str, Any], n: _Names, result: Result) -> None:
+    key, value = n.label_key, n.label_value
+    metadata = pod.get("metadata")
+    if metadata is None:
         result.ops.append({"op": "add", "path": "/metadata", "value": {"labels": {key: value}}})
     elif metadata.get("labels") is None:
         result.ops.append({"op": "add", "path": "/metadata/labels", "value": {key: value}})
     elif metadata["labels"].get(key) != value:
-        result.ops.append({"op": "add", "path": f"/metadata/labels/{escape(key)}", "value": value})
+        result.ops.append({"op": "add", "path": n.label_path, "value": value})
     else:
         return
-    result.reasons.append(f"label {key}={value} is missing")
+    result.reasons.append(n.label_missing)
 
 
 def _dict(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
