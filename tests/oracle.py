@@ -117,7 +117,7 @@ def expected(pod: dict[str, Any], settings: Settings) -> dict[str, Any]:
             seen: set[str] = set()
             for var in container.get("env") or []:
                 name = var.get("name") if isinstance(var, dict) else None
-                if name in wanted:
+                if isinstance(name, str) and name in wanted:
                     if name in seen:
                         continue
                     seen.add(name)
