@@ -10,7 +10,8 @@ starts the server on free loopback ports (TLS and metrics), waits (bounded) unti
 `/readyz` answers 200 and stops it in teardown: SIGTERM, then SIGKILL after a bound.
 Keyword arguments are settings (`max_body_bytes=4096` becomes
 `ISTIO_SPIFFE_WEBHOOK_MAX_BODY_BYTES=4096`); the parent's ISTIO_SPIFFE_WEBHOOK_* variables
-are not passed on. The server's stderr (JSON log lines) goes to `server.log_file`.
+are not passed on. The server's stdout and stderr (JSON log lines) go to `server.log_file`.
+Certificates already in `<directory>/certs/` are reused (a second server with the same CA).
 
 For a module-wide server use a module-scoped fixture with `tmp_path_factory.mktemp(...)`.
 """
@@ -26,7 +27,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,9 @@ class ServerHandle:
         """Every stderr line parsed as JSON (a line that is not JSON raises)."""
         return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
-    def wait_for_log(self, predicate: Any, within: float = 10.0) -> dict[str, Any]:
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], within: float = 10.0
+    ) -> dict[str, Any]:
         """The first log record for which `predicate(record)` is true (bounded poll)."""
         deadline = time.monotonic() + within
         while True:
