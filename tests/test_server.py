@@ -271,3 +271,37 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
             metrics_port=str(port),
         )
     assert_one_line_error(result, f"cannot serve metrics on {HOST}:{port}: Address already in use")
+
+
+def test_a_bad_value_in_the_config_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("keep_alive_seconds: -1\n")
+    result = start(tmp_path, "--config", str(config))
+    assert_one_line_error(
+        result, "invalid configuration: keep_alive_seconds: Input should be greater than 0"
+    )
+
+
+def test_command_line_options_win_over_the_config_file(tmp_path: Path) -> None:
+    files = make_certificates(tmp_path / "certs")
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"host: {HOST}\nport: 1\nmetrics_port: 0\nshutdown_delay_seconds: 0\n"
+        "tls_cert_file: nowhere.crt\ntls_key_file: nowhere.key\n"
+    )
+    argv = serve_argv(
+        "--config", str(config), "--port", str(port), "--cert", str(files.cert),
+        "--key", str(files.key),
+    )  # fmt: skip
+    log_file = tmp_path / "serve.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(argv, cwd=tmp_path, env=server_env({}), stdout=log, stderr=log)
+    handle = ServerHandle(process, port, 0, files, log_file, {})
+    try:
+        serving = handle.wait_for_log(lambda r: r["msg"] == "serving", within=20)
+        assert (serving["address"], serving["metrics"]) == (f"https://{HOST}:{port}", None)
+        with handle.client() as client:
+            assert client.get("/readyz").json() == {"status": "ready"}
+    finally:
+        assert handle.stop() == 0
