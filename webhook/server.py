@@ -445,6 +445,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, context: ssl.SSLContext) ->
         port=settings.port,
         loop="none",  # we run the loop (uvloop) ourselves
         http=protocol_class(settings),
+        ws="none",  # no WebSocket upgrades: an admission webhook has no use for them
         interface="asgi3",
         lifespan="off",
         log_config=None,
