@@ -724,3 +724,41 @@ def test_the_ca_bundle_check_accepts_only_the_signing_ca() -> None:
     assert _verify_bundle(bundle, [leaf]) == ""
     assert _verify_bundle(other, [leaf]) == "no certificate in it signed CN=root"
     assert _verify_bundle("not base64!", [leaf]) == "the caBundle is not base64 of PEM certificates"
+
+
+def test_the_fake_apis_answers_deserialize_into_the_clients_own_models(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    """The fake serves Kubernetes' shapes: the client's typed models accept every answer."""
+    from kubernetes import client
+
+    from tests.oracle import admission_reviews
+    from webhook.cluster.client import load_api_client
+
+    healthy(fake)
+    pod = admission_reviews()["hello-native"]["request"]["object"]
+    fake.add(f.running_pod(pod, "hello-1", "shop"), *policy_objects())
+    api = load_api_client(str(kubeconfig))
+    core, admission = client.CoreV1Api(api), client.AdmissionregistrationV1Api(api)
+    pods = core.list_pod_for_all_namespaces(limit=1)
+    names = [c.name for c in pods.items[0].spec.init_containers + pods.items[0].spec.containers]
+    assert type(pods).__name__ == "V1PodList"
+    assert names == [c["name"] for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]]
+    assert pods.metadata.var_continue is None
+    assert [n.metadata.name for n in core.list_namespace().items] == ["payments", "plain", "shop"]
+    secret = core.read_namespaced_secret("istio-spiffe-webhook-tls", NS)
+    assert base64.b64decode(secret.data["tls.crt"]) == CERT_PEM
+    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(NS)
+    assert [e.conditions.ready for e in slices.items[0].endpoints] == [True, None]
+    webhooks = admission.list_mutating_webhook_configuration().items
+    assert [w.webhooks[0].reinvocation_policy for w in webhooks] == ["IfNeeded"] * 3
+    assert admission.read_mutating_admission_policy(
+        "istio-spiffe-webhook"
+    ).spec.reinvocation_policy == ("IfNeeded")
+    driver = client.StorageV1Api(api).read_csi_driver("csi.spiffe.io")
+    assert driver.spec.volume_lifecycle_modes == ["Ephemeral"]
+    assert client.VersionApi(api).get_code().git_version == "v1.36.2"
+    groups = client.ApisApi(api).get_api_versions().groups
+    assert "admissionregistration.k8s.io" in [g.name for g in groups]
+    resources = admission.get_api_resources().resources
+    assert "mutatingadmissionpolicies" in [r.name for r in resources]
