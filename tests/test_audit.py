@@ -8,6 +8,7 @@ Deployments (via ReplicaSets), a StatefulSet, a CronJob (via a Job), or nobody.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,19 @@ def test_an_unreachable_cluster_exits_2_with_one_line(fake: f.FakeAPI, tmp_path:
     assert err == (
         f"Error: cannot reach the Kubernetes API at http://127.0.0.1:{port}: connection refused\n"
     )
+
+
+def test_an_api_server_that_never_answers_exits_2_after_the_timeout(
+    fake: f.FakeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("webhook.cluster.client.REQUEST_TIMEOUT", (1.0, 1.0))
+    with socket.socket() as silent:  # listens (the kernel completes handshakes), never reads
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        code, out, err = audit(fake.kubeconfig(tmp_path, server=f"http://127.0.0.1:{port}"))
+    assert (code, out) == (2, "")
+    assert err == f"Error: cannot reach the Kubernetes API at http://127.0.0.1:{port}: timed out\n"
 
 
 def test_denied_pod_listing_exits_2_with_the_api_servers_message(
