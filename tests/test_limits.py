@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import ssl
 import threading
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.oracle import admission_reviews
-from tests.serving import ServerHandle, read_until_closed, running_server
+from tests.serving import HOST, ServerHandle, read_until_closed, running_server
 
 HEADER_LIMIT = 4096
 BODY_LIMIT = 16384
@@ -158,6 +159,14 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
 ) -> None:
     with server.connect() as tls:
         assert read_until_closed(tls) == b""
+
+
+def test_a_connection_that_never_starts_the_tls_handshake_is_closed(
+    server: ServerHandle,
+) -> None:
+    with socket.create_connection((HOST, server.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        assert sock.recv(1024) == b""  # closed after request_timeout_seconds, not 60 s
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_its_response(
