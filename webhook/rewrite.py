@@ -74,32 +74,6 @@ class _Names:
     building these strings for each one cost more than the checks themselves.
     """
 
-    __slots__ = (
-        "ca_addr",
-        "ca_addr_env",
-        "cert_provider",
-        "cert_provider_env",
-        "certs",
-        "driver",
-        "env_missing",
-        "env_twice",
-        "env_wrong",
-        "label_key",
-        "label_missing",
-        "label_path",
-        "label_value",
-        "mount_path",
-        "no_env",
-        "proxy",
-        "proxy_mounts_certs",
-        "proxy_no_mount",
-        "read_write",
-        "socket",
-        "socket_missing",
-        "volume_certs",
-        "wanted_volume",
-    )
-
     def __init__(self, s: Settings) -> None:
         self.proxy = s.proxy_container
         self.certs = s.certs_volume
