@@ -195,7 +195,7 @@ def pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
             "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
         }
     pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "spec": spec}
-    shape = draw(st.sampled_from(["missing", "null", "empty", "full"]))
+    shape = draw(st.sampled_from(["missing", "null", "empty", "full", "full", "full"]))
     if shape == "null":
         pod["metadata"] = None
     elif shape == "empty":
@@ -203,12 +203,12 @@ def pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
     elif shape == "full":
         metadata: dict[str, Any] = {"name": draw(_text), "namespace": "default"}
         for key in ("labels", "annotations"):
-            kind = draw(st.sampled_from(["missing", "null", "dict"]))
+            kind = draw(st.sampled_from(["missing", "null", "dict", "dict"]))
             if kind == "null":
                 metadata[key] = None
             elif kind == "dict":
                 metadata[key] = draw(labels(s))
-        if metadata.get("labels") is not None and draw(st.integers(0, 4)) == 0:
+        if metadata.get("labels") is not None and draw(st.integers(0, 3)) == 0:
             metadata["labels"][s.inject_label] = s.inject_disabled_value
         pod["metadata"] = metadata
     if draw(st.booleans()):
