@@ -179,8 +179,8 @@ def test_microbenchmarks_time_the_rewrite_and_the_handling_of_every_fixture() ->
             assert math.isfinite(figures[key]) and figures[key] > 0
 
 
-def _results(**closed: float) -> dict[str, Any]:
-    """A results dict as run() makes it, with chosen figures."""
+def _results(**cpu_us: float) -> dict[str, Any]:
+    """A results dict as run() makes it, with chosen figures (server CPU µs per request)."""
     hello, big = FIXTURE_NAMES
     latency = {"p50": 0.5, "p90": 0.8, "p99": 2.5, "p99.9": 12.0, "max": 20.0}
     opened = {
@@ -200,24 +200,25 @@ def _results(**closed: float) -> dict[str, Any]:
         },
     }
     results["closed_loop"] = {
-        "noop-fastapi": {"rps": closed["noop_fastapi"]},
-        "noop": {"rps": closed["noop"]},
-        f"mutate:{hello}": {"rps": closed["hello"]},
-        f"mutate:{big}": {"rps": closed["big"]},
+        key: {"cpu_us_per_request": cpu, "rps": 1e6 / cpu}
+        for key, cpu in (
+            ("noop-fastapi", cpu_us["noop_fastapi"]),
+            ("noop", cpu_us["noop"]),
+            (f"mutate:{hello}", cpu_us["hello"]),
+            (f"mutate:{big}", cpu_us["big"]),
+        )
     }
-    for entry in results["closed_loop"].values():
-        entry["cpu_us_per_request"] = 1e6 / entry["rps"]
     results["ratios"] = run.ratios(results)
     return results
 
 
 def test_every_target_is_judged_pass_or_fail_against_its_limit() -> None:
-    results = _results(noop_fastapi=4000.0, noop=8000.0, hello=3000.0, big=2999.0)
+    results = _results(noop_fastapi=150.0, noop=50.0, hello=200.0, big=201.0)
     rows = {row["key"]: (row["figure"], row["status"]) for row in run.evaluate(results)}
     assert set(rows) == {key for key, *_ in run.TARGETS}
     assert rows == {
         "throughput_ratio:hello--0": (0.75, "PASS"),
-        "throughput_ratio:merge-probers--0": (2999.0 / 4000.0, "FAIL"),
+        "throughput_ratio:merge-probers--0": (150.0 / 201.0, "FAIL"),
         "p99_ms:hello--0": (2.5, "PASS"),
         "p99.9_ms:hello--0": (12.0, "FAIL"),
         "p99_ms:merge-probers--0": (2.5, "PASS"),
@@ -227,11 +228,12 @@ def test_every_target_is_judged_pass_or_fail_against_its_limit() -> None:
         "peak_rss_mb": (59.0, "PASS"),
         "rss_growth_mb": (5.5, "FAIL"),
     }
-    assert results["ratios"]["throughput:hello--0/noop"] == 3000.0 / 8000.0
+    assert results["ratios"]["throughput:hello--0/noop"] == 50.0 / 200.0
+    assert results["ratios"]["wall_throughput:hello--0/noop-fastapi"] == pytest.approx(0.75)
 
 
 def test_targets_without_a_closed_loop_run_are_skipped_with_the_reason() -> None:
-    results = _results(noop_fastapi=4000.0, noop=8000.0, hello=3000.0, big=3000.0)
+    results = _results(noop_fastapi=150.0, noop=50.0, hello=200.0, big=200.0)
     results["closed_loop"] = {}
     results["ratios"] = {}
     del results["memory"]["after_first"], results["memory"]["after_second"]
@@ -272,7 +274,7 @@ def test_quick_run_writes_every_target_and_the_ratios(tmp_path: Path) -> None:
     if closed_loop_ran:
         assert set(results["ratios"]) == {
             f"{kind}:{name}/{base}"
-            for kind in ("throughput", "cpu_per_request")
+            for kind in ("throughput", "wall_throughput")
             for name in FIXTURE_NAMES
             for base in ("noop-fastapi", "noop")
         }
