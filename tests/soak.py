@@ -36,12 +36,9 @@ import httpx
 import jsonpatch
 import orjson
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.oracle import admission_reviews, expected, in_scope, istio_pods
-from tests.serving import HOST, ServerHandle, make_certificates, running_server
-from webhook.certs import certificate_pem, make_serving_certificate, private_key_pem
+from tests.serving import ServerHandle, make_certificates, new_serving_pair, running_server
 from webhook.config import Settings
 
 UID = b"00000000-soak-uid-placeholder-000000"
@@ -213,23 +210,13 @@ class Certificates:
 
     def rotate(self) -> int:
         """A new pair from the same CA, made current in one step; its serial number."""
-        ca_key = serialization.load_pem_private_key(self.ca.ca_key.read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        ca_cert = x509.load_pem_x509_certificate(self.ca.ca_cert.read_bytes())
-        key, cert = make_serving_certificate(
-            ca_key,
-            ca_cert,
-            service="istio-spiffe-webhook",
-            namespace="istio-spiffe-webhook",
-            extra_sans=[HOST, "localhost"],
-            valid_days=30,
-        )
+        key_pem, cert_pem, cert = new_serving_pair(self.ca)
         self.version += 1
         target = self.directory / f"v{self.version}"
         target.mkdir()
-        (target / "tls.key").write_bytes(private_key_pem(key))
+        (target / "tls.key").write_bytes(key_pem)
         (target / "tls.key").chmod(0o600)
-        (target / "tls.crt").write_bytes(certificate_pem(cert))
+        (target / "tls.crt").write_bytes(cert_pem)
         link = self.directory / "live.tmp"
         link.unlink(missing_ok=True)
         link.symlink_to(target.name)

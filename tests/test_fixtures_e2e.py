@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 import jsonpatch
 import pytest
-from kubernetes.client import ApiClient, V1Pod
 
 from tests import soak
 from tests.oracle import admission_reviews, assert_rewritten, expected, in_scope, istio_pods
 from tests.serving import ServerHandle, running_server
 from tests.soak import pod_review
+from tests.test_properties import to_v1pod
 from webhook.config import Settings
 
 SETTINGS = Settings()
@@ -36,12 +36,6 @@ REVIEWS = admission_reviews()
 NO_PROXY = {"custom-template--0", "hello-ignore--0"}
 # The only fixture where the rewrite does something a user may not expect.
 WARNINGS = {"grpc-agent--0": ["removed the workload-certs mount from container traffic"]}
-
-
-def to_v1pod(pod: dict[str, Any]) -> V1Pod:
-    loaded = ApiClient()._ApiClient__deserialize(pod, "V1Pod")  # type: ignore[attr-defined]
-    assert isinstance(loaded, V1Pod)
-    return loaded
 
 
 @pytest.fixture(scope="module")
