@@ -27,7 +27,7 @@ from kubernetes.client import ApiClient, V1Pod
 
 from tests.oracle import LISTS, all_fixture_pods, assert_rewritten, expected, in_scope
 from webhook.config import Settings
-from webhook.rewrite import rewrite
+from webhook.rewrite import escape, rewrite
 
 DEFAULT = Settings()
 # Every contract name and value changed; label keys that need JSON Pointer escaping.
@@ -216,6 +216,25 @@ def pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
     return pod
 
 
+def contract_path(path: str, pod: dict[str, Any], s: Settings) -> bool:
+    """Whether the contract may change the pod at this JSON Pointer (of a diff)."""
+    parts = path.split("/")[1:]
+    if parts[0] == "metadata":
+        metadata = pod.get("metadata")
+        if len(parts) == 1:
+            return metadata is None
+        if len(parts) == 2:
+            return parts[1] == "labels" and metadata.get("labels") is None
+        return parts[1:] == ["labels", escape(s.identity_label)]
+    if parts[:2] == ["spec", "volumes"]:
+        return True
+    if parts[0] == "spec" and parts[1] in LISTS and len(parts) >= 4:
+        container = pod["spec"][parts[1]][int(parts[2])]
+        is_proxy = container["name"] == s.proxy_container
+        return parts[3] == "volumeMounts" or (parts[3] == "env" and is_proxy)
+    return False
+
+
 def check_rewrite(pod: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Every property of one rewrite; returns the patched pod."""
     before = copy.deepcopy(pod)
@@ -226,6 +245,10 @@ def check_rewrite(pod: dict[str, Any], s: Settings) -> dict[str, Any]:
     assert pod == before, "applying the patch changed the input"
     assert_rewritten(before, patched, s)
     assert (ops == []) == (patched == before)
+    # On its own (not through the oracle): the diff touches only the contract's paths.
+    for op in jsonpatch.make_patch(before, patched):
+        for key in ("path", "from"):
+            assert key not in op or contract_path(op[key], before, s), op
     assert rewrite(patched, s).ops == []
     to_v1pod(patched)
     return patched
