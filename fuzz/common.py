@@ -141,6 +141,7 @@ def check_rewrite(built: Built, settings: Settings = SETTINGS) -> None:
         assert pod == before, "rewrite() changed its input"
         return
     assert pod == before, "rewrite() changed its input"
+    assert not result.warnings or result.ops, "a warning without a patch"
     patched = jsonpatch.apply_patch(pod, result.ops)
     assert pod == before, "the patch changed the input"
     assert rewrite(patched, settings).ops == [], "a second pass is not a no-op"

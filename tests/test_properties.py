@@ -238,8 +238,10 @@ def contract_path(path: str, pod: dict[str, Any], s: Settings) -> bool:
 def check_rewrite(pod: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Every property of one rewrite; returns the patched pod."""
     before = copy.deepcopy(pod)
-    ops = rewrite(pod, s).ops
+    result = rewrite(pod, s)
+    ops = result.ops
     assert pod == before, "rewrite() changed its input"
+    assert not result.warnings or ops, "a warning without a patch"
     # The ops must survive a JSON round trip (the webhook sends them as JSON).
     patched = jsonpatch.apply_patch(pod, json.loads(json.dumps(ops)))
     assert pod == before, "applying the patch changed the input"
