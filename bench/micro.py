@@ -49,20 +49,27 @@ def per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
 
 @contextmanager
 def json_log_to_devnull() -> Iterator[None]:
-    """The product's JSON log line per decision, written to /dev/null, for the duration."""
-    logger = logging.getLogger(LOGGER_NAME)
-    saved = (logger.handlers[:], logger.propagate, logger.level)
+    """Logging as `configure_logging` sets it up (one JSON StreamHandler on the root logger,
+    INFO), writing to /dev/null, for the duration."""
+    root = logging.getLogger()
+    ours = logging.getLogger(LOGGER_NAME)
+    saved = (root.handlers[:], root.level, ours.handlers[:], ours.propagate, ours.level)
     with open(os.devnull, "w") as sink:
         handler = logging.StreamHandler(sink)
         handler.setFormatter(JsonFormatter())
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        ours.handlers[:] = []
+        ours.propagate = True
+        ours.setLevel(logging.NOTSET)
         try:
             yield
         finally:
-            logger.handlers[:], logger.propagate = saved[0], saved[1]
-            logger.setLevel(saved[2])
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+            ours.handlers[:] = saved[2]
+            ours.propagate = saved[3]
+            ours.setLevel(saved[4])
 
 
 def asgi_us(body: bytes, settings: Settings, number: int, repeat: int) -> float:
