@@ -127,8 +127,15 @@ async def open_loop(
         return Connection(reader, writer)
 
     async def acquire() -> Connection:
-        if idle:
-            return idle.pop()
+        nonlocal opened
+        while idle:
+            conn = idle.pop()
+            if not conn.reader.at_eof() and not conn.writer.is_closing():
+                return conn
+            # The server closed it while idle (its deadline for a connection that sends
+            # nothing): a client would not use it either.
+            conn.close()
+            opened -= 1
         if opened < max_connections:
             return await connect()
         future: asyncio.Future[Connection] = loop.create_future()
