@@ -49,7 +49,7 @@ import orjson
 
 from bench import micro
 from bench.common import BENCH, FIXTURE_NAMES, review_body
-from webhook.certs import write_certificates
+from webhook.certs import CertificateFiles, write_certificates
 from webhook.config import ENV_PREFIX
 
 HOST = "127.0.0.1"
@@ -193,6 +193,27 @@ def start_server(
         time.sleep(0.1)
     server.stop()
     raise BenchError(f"{name} not answering /healthz within 30 s: {log_tail(log)}")
+
+
+def start_on_a_free_port(
+    name: str,
+    prefix: list[str],
+    argv: Callable[[int, Path, Path], list[str]],
+    files: CertificateFiles,
+    work: Path,
+    env: dict[str, str],
+) -> Server:
+    """`start_server` on a free port, again on another if that one was taken meanwhile."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return start_server(
+                name, prefix + argv(port, files.cert, files.key), port, work, files.ca_cert, env
+            )
+        except BenchError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def log_tail(path: Path) -> str:
@@ -416,38 +437,9 @@ def run(plan: Plan, install: bool = True, log: Callable[[str], None] = print) ->
         env = server_env(metrics_port="0", shutdown_delay_seconds="0", log_level="info")
         servers: list[Server] = []
         try:
-            for attempt in range(3):
-                port = free_port()
-                try:
-                    product = start_server(
-                        "webhook",
-                        server_prefix + product_argv(port, files.cert, files.key),
-                        port,
-                        work,
-                        files.ca_cert,
-                        env,
-                    )
-                    break
-                except BenchError:
-                    if attempt == 2:
-                        raise
-            servers.append(product)
-            for attempt in range(3):
-                port = free_port()
-                try:
-                    noop = start_server(
-                        "noop",
-                        server_prefix + noop_argv(port, files.cert, files.key),
-                        port,
-                        work,
-                        files.ca_cert,
-                        env,
-                    )
-                    break
-                except BenchError:
-                    if attempt == 2:
-                        raise
-            servers.append(noop)
+            for name, argv in (("webhook", product_argv), ("noop", noop_argv)):
+                servers.append(start_on_a_free_port(name, server_prefix, argv, files, work, env))
+            product, noop = servers
             results["memory"] = {"webhook_start": product.memory(), "noop_start": noop.memory()}
             runner = Runner(wrk, load_prefix, plan, bodies, files.ca_cert, log)
             measure(runner, product, noop, results)
