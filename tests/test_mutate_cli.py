@@ -102,7 +102,7 @@ def ordered(obj: Any) -> str:
 
 
 def assert_bad_input(result: Result, message: str) -> None:
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: {message}\n")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
 
 
 # --- Pods -----------------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def test_installed_command_reports_bad_input_without_traceback() -> None:
     assert (done.returncode, done.stdout, done.stderr) == (
         1,
         "",
-        "error: stdin (Pod): spec: must be a JSON object\n",
+        "Error: stdin (Pod): spec: must be a JSON object\n",
     )
 
 

@@ -335,11 +335,9 @@ def mutate_command(source: str, patch: bool, config: str | None) -> None:
             else dump([o.output for o in outcomes], as_json)
         )
     except (BadInput, ConfigError) as error:
-        click.echo(f"error: {_one_line(error)}", err=True)
-        sys.exit(1)
+        raise click.ClickException(_one_line(error)) from None
     except RecursionError:
-        click.echo(f"error: {name}: nested too deeply", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"{name}: nested too deeply") from None
     for outcome in outcomes:
         for warning in outcome.warnings:
             click.echo(f"warning: {warning}", err=True)
