@@ -96,6 +96,10 @@ class WebhookApp:
             await _respond(send, 408, _error(reason), [(b"connection", b"close")])
             self._rejected("timeout", started, reason)
             return
+        except _ClientGone:
+            # Nobody to answer: count it, but not as a bad review.
+            self._rejected("client-disconnected", started)
+            return
         finally:
             deadlines.reading.pop(task, None)
         if body is None:
@@ -161,6 +165,10 @@ class WebhookApp:
         )
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its whole body arrived."""
+
+
 class _BodyDeadlines:
     """Deadlines for reading request bodies, enforced by one periodic task.
 
@@ -222,7 +230,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b""
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
