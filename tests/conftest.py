@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests import fakeapi
 from tests.oracle import ADMISSION_REVIEWS, ISTIO_INJECTED
 from webhook.config import Settings
 
@@ -19,3 +23,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def settings() -> Settings:
     return Settings()
+
+
+@pytest.fixture
+def fake() -> Iterator[fakeapi.FakeAPI]:
+    """A fake Kubernetes API server on 127.0.0.1 (audit and doctor tests)."""
+    api = fakeapi.FakeAPI()
+    with fakeapi.running(api):
+        yield api
+
+
+@pytest.fixture
+def kubeconfig(fake: fakeapi.FakeAPI, tmp_path: Path) -> Path:
+    return fake.kubeconfig(tmp_path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +159,6 @@ LEGACY_OWNER = {
         }
     ],
 }
-
-
-@pytest.fixture
-def fake() -> Iterator[f.FakeAPI]:
-    api = f.FakeAPI()
-    with f.running(api):
-        yield api
-
-
-@pytest.fixture
-def kubeconfig(fake: f.FakeAPI, tmp_path: Path) -> Path:
-    return fake.kubeconfig(tmp_path)
 
 
 def audit(kubeconfig: Path, *args: str) -> tuple[int, str, str]:

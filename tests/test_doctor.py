@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,6 @@ def healthy(fake: f.FakeAPI) -> None:
         f.namespace("plain"),
         f.configmap("istio", "istio-system", {"mesh": "trustDomain: example.org\n"}),
     )
-
-
-@pytest.fixture
-def fake() -> Iterator[f.FakeAPI]:
-    api = f.FakeAPI()
-    with f.running(api):
-        yield api
-
-
-@pytest.fixture
-def kubeconfig(fake: f.FakeAPI, tmp_path: Path) -> Path:
-    return fake.kubeconfig(tmp_path)
 
 
 def doctor(kubeconfig: Path, *args: str) -> tuple[int, Any, str]:
