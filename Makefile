@@ -59,6 +59,8 @@ lock:
 	$(PYTHON) -m venv /tmp/isw-uv && /tmp/isw-uv/bin/pip install --quiet uv
 	/tmp/isw-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/dev.lock -q
 	/tmp/isw-uv/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/runtime.lock -q
+	/tmp/isw-uv/bin/uv pip compile requirements/fuzz.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/fuzz.lock -q
+	/tmp/isw-uv/bin/uv pip compile requirements/audit.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/audit.lock -q
 
 fmt: $(STAMP)
 	$(BIN)/ruff format webhook tests bench fuzz
