@@ -10,11 +10,12 @@ module binds itself (so a port in use is a one-line error, not a traceback). TLS
   (TLS 1.3 suites are all AEAD); no compression, no renegotiation.
 - Hot reload (cert-manager and Secret updates rotate the files in place): a task checks the
   files' identity (inode, size, mtime) every `cert_reload_seconds`; a changed pair is loaded
-  into a fresh context, and only when it loads (certificate parses, key parses, key matches)
-  does it become current. The listening context's `sni_callback` hands every new handshake
-  the current context (`SSLSocket.context = ...`), the documented way to pick a
-  certificate per handshake, so no live context is ever mutated. A bad pair is logged and
-  the old one kept.
+  into a fresh context, and only when it loads (certificate parses, key parses, key matches:
+  OpenSSL checks all three in `load_cert_chain`) does it become current. The listening
+  context's `sni_callback` hands every new handshake the current context
+  (`SSLSocket.context = ...`), the documented way to pick a certificate per handshake, so no
+  live context is ever mutated. A bad pair is logged and the old one kept. `cryptography` is
+  never imported by `serve` (memory: see `load_pair`).
 
 Limits uvicorn lacks, enforced in `LimitedHttpToolsProtocol`: request headers over
 `max_header_bytes` get 431 (httptools, unlike h11, has no limit; we keep httptools for its
@@ -48,15 +49,13 @@ from typing import Any, Protocol
 import click
 import uvicorn
 import uvloop
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from webhook.app import Readiness, WebhookApp
 from webhook.cli import config_option, settings_from
 from webhook.config import Settings
 from webhook.observability import LOGGER_NAME, Metrics, Observer, configure_logging
+from webhook.x509_fields import read_fields
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -101,7 +100,11 @@ def tls_context(
 
 def _no_password() -> bytes:
     # Called by OpenSSL only for an encrypted key: refuse, never prompt on a terminal.
-    raise CertificateError("the key is encrypted; give an unencrypted PEM key")
+    raise _EncryptedKey
+
+
+class _EncryptedKey(Exception):
+    """Raised through `load_cert_chain` by `_no_password`: the key needs a password."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,43 +115,82 @@ class LoadedPair:
     fingerprint: str  # SHA-256 of the certificate (DER), for the log
 
 
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+def _first_certificate_der(pem: bytes) -> bytes:
+    """The DER of the first PEM certificate in `pem`; ValueError when there is none."""
+    start = pem.find(_PEM_BEGIN)
+    end = pem.find(_PEM_END, start)
+    if start < 0 or end < 0:
+        raise ValueError("no PEM certificate")
+    block = pem[start : end + len(_PEM_END)].decode("ascii")  # UnicodeError is a ValueError
+    return ssl.PEM_cert_to_DER_cert(block)  # binascii.Error (a ValueError) on bad base64
+
+
+def _openssl_reads_certificate(der: bytes) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except ssl.SSLError:
+        return False
+    return True
+
+
 def load_pair(cert_file: Path, key_file: Path) -> LoadedPair:
-    """Check the pair with `cryptography` (clear errors) and load it into a fresh context.
+    """Check the pair and load it into a fresh context, with the standard `ssl` module only.
 
     Raises CertificateError with a one-line reason; never includes key material.
+    `cryptography` is not imported here: it costs the worker about 8.5 MB of memory (see
+    webhook/x509_fields.py); OpenSSL checks the pair and x509_fields reads what we log.
     """
     try:
         cert_data = cert_file.read_bytes()
     except OSError as error:
         raise CertificateError(f"certificate {cert_file}: {error.strerror or error}") from None
     try:
-        key_data = key_file.read_bytes()
+        key_file.read_bytes()  # readable at all: a one-line error naming the key file
     except OSError as error:
         raise CertificateError(f"key {key_file}: {error.strerror or error}") from None
     try:
-        certificate = x509.load_pem_x509_certificates(cert_data)[0]
+        der = _first_certificate_der(cert_data)
+        fields = read_fields(der)
     except ValueError:
         raise CertificateError(f"certificate {cert_file}: no PEM certificate in it") from None
     try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise CertificateError(f"key {key_file}: encrypted; give an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertificateError(f"key {key_file}: not a PEM private key") from None
-    if certificate.public_key() != key.public_key():
-        raise CertificateError(f"key {key_file} does not match certificate {cert_file}")
-    try:
         context = tls_context(cert_file, key_file)
-    except (ssl.SSLError, OSError, CertificateError) as error:
+    except _EncryptedKey:
+        raise CertificateError(f"key {key_file}: encrypted; give an unencrypted key") from None
+    except ssl.SSLError as error:
+        raise CertificateError(_pair_error(cert_file, key_file, der, error)) from None
+    except OSError as error:
         # The files changed between the check and the load (a rotation in progress).
-        raise CertificateError(f"certificate {cert_file} / key {key_file}: {error}") from None
-    fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER))
+        raise CertificateError(
+            f"certificate {cert_file} / key {key_file}: {error.strerror or error}"
+        ) from None
     return LoadedPair(
         context=context,
-        not_after=certificate.not_valid_after_utc.timestamp(),
-        serial=certificate.serial_number,
-        fingerprint=fingerprint.hexdigest(),
+        not_after=fields.not_after.timestamp(),
+        serial=fields.serial,
+        fingerprint=hashlib.sha256(der).hexdigest(),
     )
+
+
+def _pair_error(cert_file: Path, key_file: Path, der: bytes, error: ssl.SSLError) -> str:
+    """One line for an OpenSSL error from `load_cert_chain`.
+
+    OpenSSL names a mismatch (KEY_VALUES_MISMATCH; NO_CERTIFICATE_ASSIGNED when the key is
+    of another type, e.g. RSA for an EC certificate) but says only "PEM lib" for an
+    unreadable certificate or key, without telling which: the certificate is then tried
+    alone.
+    """
+    if error.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+        return f"key {key_file} does not match certificate {cert_file}"
+    if not _openssl_reads_certificate(der):
+        return f"certificate {cert_file}: not a certificate OpenSSL can read"
+    if error.reason is None:  # "PEM lib": no PEM key, or a PEM block that is no key
+        return f"key {key_file}: not a PEM private key"
+    return f"key {key_file}: OpenSSL cannot use it ({error.reason})"
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
