@@ -54,13 +54,13 @@ audit: $(STAMP)
 	$(PY) -m pip install --quiet --require-hashes -r requirements/audit.lock
 	$(PY) scripts/audit.py
 
-# Re-pin the lock files (needs `uv`, installed into a throwaway venv).
+# Re-pin the lock files (with `uv`, installed into .venv-uv).
 lock:
-	$(PYTHON) -m venv /tmp/isw-uv && /tmp/isw-uv/bin/pip install --quiet uv
-	/tmp/isw-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/dev.lock -q
-	/tmp/isw-uv/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/runtime.lock -q
-	/tmp/isw-uv/bin/uv pip compile requirements/fuzz.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/fuzz.lock -q
-	/tmp/isw-uv/bin/uv pip compile requirements/audit.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/audit.lock -q
+	$(PYTHON) -m venv .venv-uv && .venv-uv/bin/pip install --quiet uv
+	.venv-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/dev.lock -q
+	.venv-uv/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/runtime.lock -q
+	.venv-uv/bin/uv pip compile requirements/fuzz.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/fuzz.lock -q
+	.venv-uv/bin/uv pip compile requirements/audit.in -c requirements/dev.lock --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/audit.lock -q
 
 fmt: $(STAMP)
 	$(BIN)/ruff format webhook tests bench fuzz
