@@ -565,3 +565,36 @@ def test_a_pod_that_is_not_an_object_is_invalid() -> None:
     with pytest.raises(InvalidPod) as caught:
         rewrite([], SETTINGS)  # type: ignore[arg-type]
     assert str(caught.value) == "pod: must be a JSON object"
+
+
+def test_another_volume_at_the_socket_path_is_a_warning(settings: Settings) -> None:
+    pod = {
+        "metadata": {"labels": {}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "istio-proxy",
+                    "env": [],
+                    "volumeMounts": [
+                        {"name": "spire", "mountPath": "/var/run/secrets/workload-spiffe-uds"}
+                    ],
+                }
+            ],
+            "volumes": [{"name": "spire", "emptyDir": {}}],
+        },
+    }
+    result = rewrite(pod, settings)
+    assert result.warnings == [
+        "container istio-proxy already mounts volume spire at"
+        " /var/run/secrets/workload-spiffe-uds, where workload-socket goes:"
+        " the API server will refuse the pod"
+    ]
+    assert {
+        "op": "add",
+        "path": "/spec/containers/0/volumeMounts/-",
+        "value": {
+            "name": "workload-socket",
+            "mountPath": "/var/run/secrets/workload-spiffe-uds",
+            "readOnly": True,
+        },
+    } in result.ops

@@ -247,6 +247,7 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
     certs, socket = n.certs, n.socket
     removed: list[int] = []
     socket_seen = False
+    moved = False
     for index, mount in enumerate(mounts):
         name = mount.get("name") if isinstance(mount, dict) else None
         if name == certs:
@@ -255,6 +256,7 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
         elif name == socket:
             path = f"{where}/volumeMounts/{index}"
             if not socket_seen and mount.get("mountPath") != n.mount_path:
+                moved = True
                 ops.append({"op": "add", "path": f"{path}/mountPath", "value": n.mount_path})
                 reasons.append(f"{n.proxy} mounts {socket} at {mount.get('mountPath')}")
             if mount.get("readOnly") is not True:
@@ -272,6 +274,23 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
             }
         )
         reasons.append(n.proxy_no_mount)
+    if moved or not socket_seen:
+        _warn_path_taken(mounts, n, result)
+
+
+def _warn_path_taken(mounts: list[Any], n: _Names, result: Result) -> None:
+    # The contract puts the socket at this path; another volume there makes the API server
+    # refuse the pod (duplicate mountPath). Say so rather than guess which one to drop.
+    for mount in mounts:
+        if (
+            isinstance(mount, dict)
+            and mount.get("mountPath") == n.mount_path
+            and mount.get("name") not in (n.socket, n.certs)
+        ):
+            result.warnings.append(
+                f"container {n.proxy} already mounts volume {mount.get('name')} at"
+                f" {n.mount_path}, where {n.socket} goes: the API server will refuse the pod"
+            )
 
 
 def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
