@@ -19,7 +19,7 @@ import pytest
 from tests.oracle import admission_reviews, expected
 from webhook.app import WebhookApp
 from webhook.config import Settings
-from webhook.review import handle
+from webhook.review import BadReview, handle
 from webhook.rewrite import rewrite
 
 SETTINGS = Settings()
@@ -76,3 +76,23 @@ def test_env_entry_with_an_unhashable_name_gets_200_and_the_patch(env: list[Any]
     pod = review["request"]["object"]
     ops = json.loads(base64.b64decode(answer["patch"]))
     assert jsonpatch.apply_patch(pod, ops) == expected(pod, SETTINGS)
+
+
+# Found by schemathesis (tests/test_fuzz_api.py): `dryRun: 0.0` was coerced to false and the
+# review answered; the API server only sends true or false, so anything else is refused.
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("dryRun", 0.0, "request.dryRun: Input should be a valid boolean"),
+        ("dryRun", "yes", "request.dryRun: Input should be a valid boolean"),
+        ("uid", 7, "request.uid: Input should be a valid string"),
+    ],
+)
+def test_envelope_values_of_the_wrong_json_type_are_refused_not_coerced(
+    field: str, value: Any, reason: str
+) -> None:
+    review = copy.deepcopy(BASE)
+    review["request"][field] = value
+    with pytest.raises(BadReview) as raised:
+        handle(json.dumps(review).encode(), SETTINGS)
+    assert (raised.value.status, raised.value.reason) == (400, reason)

@@ -29,15 +29,17 @@ class BadReview(ValueError):
         self.status = status
 
 
+# Strict: the API server sends JSON of exactly these types; a review with `dryRun: 0` or
+# `uid: 7` was not sent by one and is refused, not coerced.
 class GroupVersionKind(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     group: str = ""
     version: str = ""
     kind: str
 
 
 class AdmissionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     uid: str = Field(min_length=1)
     kind: GroupVersionKind
     operation: str
@@ -48,7 +50,7 @@ class AdmissionRequest(BaseModel):
 
 
 class AdmissionReview(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     apiVersion: Literal["admission.k8s.io/v1"]
     kind: Literal["AdmissionReview"]
     request: AdmissionRequest
