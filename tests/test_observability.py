@@ -125,6 +125,8 @@ def test_each_decision_is_one_json_log_line_with_its_fields(server: ServerHandle
     status, _ = post(server, REVIEWS["gateway-dry-run"])
     assert status == 200
     assert post(server, b"[" * 10 + MARKER.encode())[0] == 400
+    # The line is written after the answer is sent: wait for the last one.
+    server.wait_for_log(lambda r: r.get("reason") == "bad-request")
 
     records = server.log_records()  # every line parses as JSON
     decisions = [r for r in records if r["msg"] == "admission"]
@@ -202,6 +204,7 @@ def test_a_host_path_socket_volume_is_replaced_with_a_warning(server: ServerHand
             "replaced the hostPath source of volume workload-socket with the CSI driver"
             " csi.spiffe.io"
         ]
+    server.wait_for_log(lambda r: r.get("uid") == "host-path-True")  # written after the answer
     logged = [r.get("warnings") for r in server.log_records() if r["msg"] == "admission"]
     assert logged == [answer["response"]["warnings"]] * 2
 
