@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, Result, has_proxy, opted_out, rewrite
+from webhook.rewrite import InvalidPod, Result, rewrite
 
 API_VERSION: Literal["admission.k8s.io/v1"] = "admission.k8s.io/v1"
 
@@ -134,7 +134,7 @@ def decide(review: AdmissionReview, settings: Settings) -> Decision:
         raise BadReview(f"request.object.{error}") from None
     if result.ops:
         return Decision(review, result, "mutated", "")
-    return Decision(review, result, "unchanged", _why_unchanged(pod, settings))
+    return Decision(review, result, "unchanged", result.skipped or "compliant")
 
 
 def handle(body: bytes, settings: Settings) -> Decision:
@@ -142,14 +142,6 @@ def handle(body: bytes, settings: Settings) -> Decision:
     if len(body) > settings.max_body_bytes:
         raise BadReview(f"body exceeds {settings.max_body_bytes} bytes", status=413)
     return decide(parse(body), settings)
-
-
-def _why_unchanged(pod: dict[str, Any], settings: Settings) -> str:
-    if opted_out(pod, settings):
-        return "opted-out"
-    if not has_proxy(pod, settings):
-        return "no-proxy"
-    return "compliant"
 
 
 def _describe(error: ValidationError) -> str:

@@ -42,6 +42,8 @@ class Result:
     ops: list[Op] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    # Why the contract does not apply: "opted-out", "no-proxy", or "" when it does.
+    skipped: str = ""
 
     @property
     def compliant(self) -> bool:
@@ -118,7 +120,11 @@ def rewrite(pod: dict[str, Any], settings: Settings) -> Result:
     result = Result()
     if not isinstance(pod, dict):
         raise InvalidPod("pod: must be a JSON object")
-    if opted_out(pod, settings) or not has_proxy(pod, settings):
+    if opted_out(pod, settings):
+        result.skipped = "opted-out"
+        return result
+    if not has_proxy(pod, settings):
+        result.skipped = "no-proxy"
         return result
     names = _names(settings)
     spec = _dict(pod, "spec", "spec")
