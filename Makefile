@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8443
 
-.PHONY: install run test lint typecheck bench soak fuzz audit lock fmt clean
+.PHONY: install run test lint typecheck bench soak fuzz audit e2e lock fmt clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -n 2 -q
+
+# Every form judged by a real kube-apiserver 1.36.2 (../shared/kube-harness, built once per
+# machine); not part of `make test` or CI, which have no Kubernetes binaries.
+e2e: $(STAMP)
+	$(PY) scripts/e2e.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -6,13 +6,18 @@ up. Every kubectl call has a timeout; every wait is bounded; what a fixture crea
 deletes (namespaces with --wait=false, so teardown stays quick).
 
 Environment:
-- `E2E_INSTALL`: `certs` (default: `istio-spiffe-webhook certs --out` into a temporary copy
+- `E2E_INSTALL`: `local` (what `make e2e` uses: the webhook is served on this machine and
+  registered by `url` + `caBundle` before the tests start; nothing is applied here, and the
+  in-cluster Service and Secret that doctor checks do not exist), `certs` (default:
+  `istio-spiffe-webhook certs --out` into a temporary copy
   of certs/ and manifests/, then `kubectl apply -k`), `cert-manager` (`kubectl apply -k
   manifests/overlays/cert-manager`, cert-manager must be installed) or `none` (use the
   webhook already installed; nothing is applied or deleted).
 - `E2E_IMAGE`: the server image to run (`registry/name:tag`), set on top of the overlay's
   `images:`; the default is the overlays' image.
 - `E2E_KEEP=1`: leave what was installed in place after the run.
+- `E2E_REPORT`: a file to write the per-form summary lines to (`webhook: N/N pods`), which
+  `make e2e` prints at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +108,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
     if reached.returncode != 0 or "serverVersion" not in reached.stdout:
         pytest.fail(f"cannot reach the cluster of KUBECONFIG: {reached.stderr.strip()}")
     how = os.environ.get("E2E_INSTALL", "certs")
+    if how == "local":
+        registered = kubectl(
+            "get", "mutatingwebhookconfiguration", "istio-spiffe-webhook", "-o", "json"
+        )
+        url = json.loads(registered.stdout)["webhooks"][0]["clientConfig"].get("url")
+        assert url, "E2E_INSTALL=local expects the webhook registered by url (make e2e)"
+        yield Install(how, None)
+        return
     if how == "none":
         yield Install(how, None)
         return
@@ -186,3 +200,44 @@ class Tools:
 @pytest.fixture
 def tools() -> Tools:
     return Tools()
+
+
+class Tally:
+    """Which pods each form got right, for the summary lines of `make e2e`."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, dict[str, bool]] = {}
+
+    @contextmanager
+    def case(self, form: str, name: str) -> Iterator[None]:
+        """Counts `name` for `form` as right only if the block finishes without failing."""
+        cases = self.cases.setdefault(form, {})
+        right_so_far = cases.get(name, True)
+        cases[name] = False
+        yield
+        cases[name] = right_so_far
+
+    def lines(self) -> list[str]:
+        return [
+            f"{form}: {sum(cases.values())}/{len(cases)} pods"
+            for form, cases in sorted(self.cases.items())
+        ]
+
+
+TALLY = Tally()
+
+
+@pytest.fixture(scope="session")
+def tally() -> Tally:
+    return TALLY
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    report = os.environ.get("E2E_REPORT")
+    if report and TALLY.cases:
+        Path(report).write_text(json.dumps(TALLY.lines()))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in TALLY.lines():
+        terminalreporter.write_line(line)

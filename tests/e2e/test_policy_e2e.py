@@ -39,7 +39,8 @@ if os.environ.get("E2E") != "1" or not os.environ.get("KUBECONFIG"):
         allow_module_level=True,
     )
 
-from tests.oracle import LISTS, istio_pods
+from tests.e2e.shapes import e2e_pods, plain_pod
+from tests.oracle import LISTS
 from webhook.config import Settings
 from webhook.rewrite import rewrite
 
@@ -48,9 +49,19 @@ pytestmark = pytest.mark.e2e
 KUBECTL_TIMEOUT = 60
 # Istio's `sidecar-spire` output has `istio-proxy` twice (an init container and a stub
 # container without an image): the API server rejects it, which is its call, not ours.
-EXPECTED_REJECTED = {"sidecar-spire--0"}
+REJECTED_FIXTURES = {"sidecar-spire--0"}
 SERVER_FIELDS = ("name", "uid", "creationTimestamp", "resourceVersion", "generation")
-FIXTURES = istio_pods()
+FIXTURES = e2e_pods()
+REPLAYED = bool(os.environ.get("E2E_REPLAY_FIXTURES"))
+SOURCES = ["injector", "injected"]
+# A pod the API server refuses without any rewrite is refused with it too.
+EXPECTED_REJECTED = {n for n in FIXTURES if n.split(".")[0] in REJECTED_FIXTURES}
+
+
+def pod_of(source: str, name: str) -> dict[str, Any]:
+    """`injector`: a plain pod Istio's (replayed) injector fills in; `injected`: the
+    injector's output itself."""
+    return plain_pod(name) if source == "injector" else FIXTURES[name]
 
 
 def kubectl(
@@ -79,8 +90,11 @@ class Cluster:
     plain: str
     results: dict[tuple[str, str], dict[str, Any] | str] = field(default_factory=dict)
 
-    def dry_run(self, pod: dict[str, Any], namespace: str) -> dict[str, Any] | str:
-        """The pod the API server would store, or its error message when it refuses it."""
+    def dry_run(
+        self, pod: dict[str, Any], namespace: str, *, real: bool = False
+    ) -> dict[str, Any] | str:
+        """The pod the API server would store (or stores, when `real`), or its error
+        message when it refuses it."""
         manifest = copy.deepcopy(pod)
         metadata = manifest.setdefault("metadata", {})
         name = metadata.pop("name", None)
@@ -89,15 +103,9 @@ class Cluster:
         for key in SERVER_FIELDS[1:]:
             metadata.pop(key, None)
         manifest.pop("status", None)
+        dry = [] if real else ["--dry-run=server"]
         done = kubectl(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-            stdin=json.dumps(manifest),
-            check=False,
+            "create", *dry, "-o", "json", "-f", "-", stdin=json.dumps(manifest), check=False
         )
         if done.returncode != 0:
             return done.stderr.strip()
@@ -105,10 +113,12 @@ class Cluster:
         assert isinstance(created, dict)
         return created
 
-    def outcome(self, fixture: str, namespace: str) -> dict[str, Any] | str:
-        key = (fixture, namespace)
+    def outcome(
+        self, fixture: str, namespace: str, source: str = "injected"
+    ) -> dict[str, Any] | str:
+        key = (f"{source}:{fixture}", namespace)
         if key not in self.results:
-            self.results[key] = self.dry_run(FIXTURES[fixture], namespace)
+            self.results[key] = self.dry_run(pod_of(source, fixture), namespace)
         return self.results[key]
 
 
@@ -236,11 +246,11 @@ def contract_entries_last(pod: dict[str, Any], settings: Settings) -> dict[str, 
     return pod
 
 
-def webhook_result(cluster: Cluster, fixture: str) -> dict[str, Any]:
+def webhook_result(cluster: Cluster, fixture: str, source: str = "injected") -> dict[str, Any]:
     """The webhook's rewrite of the API-server-defaulted pod, stored by the API server."""
-    key = (fixture, "webhook")
+    key = (f"{source}:{fixture}", "webhook")
     if key not in cluster.results:
-        defaulted = cluster.outcome(fixture, cluster.plain)
+        defaulted = cluster.outcome(fixture, cluster.plain, source)
         assert isinstance(defaulted, dict), defaulted
         ops = rewrite(defaulted, cluster.settings).ops
         cluster.results[key] = cluster.dry_run(jsonpatch.apply_patch(defaulted, ops), cluster.plain)
@@ -249,13 +259,15 @@ def webhook_result(cluster: Cluster, fixture: str) -> dict[str, Any]:
     return result
 
 
-def policy_result(cluster: Cluster, fixture: str) -> dict[str, Any]:
-    outcome = cluster.outcome(fixture, cluster.opted_in)
-    if fixture in EXPECTED_REJECTED:
-        assert isinstance(outcome, str)
-        pytest.skip(f"the API server rejects {fixture}: {outcome}")
+def policy_result(cluster: Cluster, fixture: str, source: str = "injected") -> dict[str, Any]:
+    outcome = cluster.outcome(fixture, cluster.opted_in, source)
     assert isinstance(outcome, dict), outcome
     return outcome
+
+
+def skip_unless_replayed(source: str) -> None:
+    if source == "injector" and not REPLAYED:
+        pytest.skip("needs the harness's replay of Istio's injector (make e2e)")
 
 
 def test_api_server_rejects_exactly_the_expected_fixtures(cluster: Cluster) -> None:
@@ -268,36 +280,61 @@ def test_api_server_rejects_exactly_the_expected_fixtures(cluster: Cluster) -> N
         assert set(rejected) == EXPECTED_REJECTED, (namespace, rejected)
 
 
-def test_namespace_that_did_not_opt_in_is_left_alone(cluster: Cluster) -> None:
-    plain = cluster.outcome("hello--0", cluster.plain)
-    assert isinstance(plain, dict), plain
-    assert cluster.settings.identity_label not in plain["metadata"].get("labels", {})
-    assert cluster.settings.certs_volume in [v["name"] for v in plain["spec"]["volumes"]]
+def test_namespace_that_did_not_opt_in_is_left_alone(cluster: Cluster, tally: Any) -> None:
+    with tally.case("policy", "not opted in"):
+        plain = cluster.outcome("hello--0", cluster.plain)
+        assert isinstance(plain, dict), plain
+        assert cluster.settings.identity_label not in plain["metadata"].get("labels", {})
+        assert cluster.settings.certs_volume in [v["name"] for v in plain["spec"]["volumes"]]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("fixture", sorted(FIXTURES))
+def test_policy_stores_exactly_the_webhooks_result(
+    cluster: Cluster, tally: Any, fixture: str, source: str
+) -> None:
+    skip_unless_replayed(source)
+    with tally.case("policy", f"{fixture} ({source}, dry-run)"):
+        if fixture in EXPECTED_REJECTED:
+            outcome = cluster.outcome(fixture, cluster.opted_in, source)
+            assert isinstance(outcome, str), "accepted with the policy, refused without"
+            return
+        by_policy = normalized(policy_result(cluster, fixture, source))
+        by_webhook = normalized(webhook_result(cluster, fixture, source))
+        # First modulo the positions of the contract's entries (the clearer failure),
+        # then exactly.
+        assert contract_entries_last(by_policy, cluster.settings) == contract_entries_last(
+            by_webhook, cluster.settings
+        )
+        assert by_policy == by_webhook
 
 
 @pytest.mark.parametrize("fixture", sorted(FIXTURES))
-def test_policy_gives_the_webhooks_result_modulo_positions_of_the_contracts_entries(
-    cluster: Cluster, fixture: str
+def test_a_real_create_through_istios_injector_stores_the_webhooks_result(
+    cluster: Cluster, tally: Any, fixture: str
 ) -> None:
-    by_policy = normalized(policy_result(cluster, fixture))
-    by_webhook = normalized(webhook_result(cluster, fixture))
-    assert contract_entries_last(by_policy, cluster.settings) == contract_entries_last(
-        by_webhook, cluster.settings
-    )
+    skip_unless_replayed("injector")
+    with tally.case("policy", f"{fixture} (injector, real create)"):
+        created = cluster.dry_run(pod_of("injector", fixture), cluster.opted_in, real=True)
+        if fixture in EXPECTED_REJECTED:
+            assert isinstance(created, str), "accepted with the policy, refused without"
+            return
+        assert isinstance(created, dict), created
+        assert normalized(created) == normalized(webhook_result(cluster, fixture, "injector"))
 
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURES))
-def test_policy_keeps_every_entry_where_the_webhook_keeps_it(
-    cluster: Cluster, fixture: str
-) -> None:
-    assert normalized(policy_result(cluster, fixture)) == normalized(
-        webhook_result(cluster, fixture)
-    )
-
-
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("fixture", ["hello--0", "hello-old-version--0", "gateway--0"])
-def test_opted_out_pod_is_left_alone(cluster: Cluster, fixture: str) -> None:
-    pod = copy.deepcopy(FIXTURES[fixture])
+def test_opted_out_pod_is_left_alone(
+    cluster: Cluster, tally: Any, fixture: str, source: str
+) -> None:
+    skip_unless_replayed(source)
+    with tally.case("policy", f"opted-out {fixture} ({source})"):
+        opted_out_pod_is_left_alone(cluster, fixture, source)
+
+
+def opted_out_pod_is_left_alone(cluster: Cluster, fixture: str, source: str) -> None:
+    pod = copy.deepcopy(pod_of(source, fixture))
     pod["metadata"].setdefault("labels", {})[cluster.settings.inject_label] = (
         cluster.settings.inject_disabled_value
     )
