@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("webhook.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
-    "policy": ("webhook.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
+    "policy": ("webhook.commands.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
 }
 
 
