@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("webhook.server:serve_command", "Serve the admission webhook over TLS."),
     "mutate": ("webhook.mutate:mutate_command", "Rewrite pods and workloads from a file."),
-    "certs": ("webhook.certs:certs_command", "Make a CA and a serving certificate."),
+    "certs": ("webhook.commands.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
     "policy": ("webhook.commands.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
