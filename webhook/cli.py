@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # name -> (module:attribute of the click command, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("webhook.server:serve_command", "Serve the admission webhook over TLS."),
-    "mutate": ("webhook.mutate:mutate_command", "Rewrite pods and workloads from a file."),
+    "mutate": ("webhook.commands.mutate:mutate_command", "Rewrite pods and workloads from a file."),
     "certs": ("webhook.commands.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
