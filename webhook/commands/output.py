@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 import click
 
 FORMATS = ("table", "json", "yaml")
-F = TypeVar("F", bound=Callable[..., Any])
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 
-def output_option(formats: Sequence[str] = FORMATS, show_default: bool = False) -> Callable[[F], F]:
+def output_option(
+    formats: Sequence[str] = FORMATS, show_default: bool = False
+) -> Callable[[Decorated], Decorated]:
     """`-o/--output`, one of `formats`, table by default."""
     return click.option(
         "-o",
