@@ -12,7 +12,7 @@ from webhook import __version__
 
 # name -> (module:attribute of the click command, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("webhook.server:serve_command", "Serve the admission webhook over TLS."),
+    "serve": ("webhook.commands.serve:serve_command", "Serve the admission webhook over TLS."),
     "mutate": ("webhook.mutate:mutate_command", "Rewrite pods and workloads from a file."),
     "certs": ("webhook.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
