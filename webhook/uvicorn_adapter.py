@@ -2,10 +2,12 @@
 
 The rest of the webhook uses only public API: `uvicorn.Config`, `uvicorn.Server` (`serve`,
 `should_exit`, `force_exit`), `uvloop.Loop`; tests/test_uvicorn_adapter.py fails when
-another module reaches further. Supported: uvicorn >=0.47,<0.55, as pyproject.toml
+another module reaches further. Supported: uvicorn >=0.53,<0.55, as pyproject.toml
 says (a test keeps the two equal); importing this module with another version raises
-`UnsupportedVersion`. The lower bound is `Config(ssl_context_factory=...)`, new in 0.47;
-the upper bound is the last minor release the internals below were read against (0.54).
+`UnsupportedVersion`. The lower bound: `Config(ssl_context_factory=...)` is new in 0.47,
+and before 0.53 uvicorn does not send `connection: close` on the responses it lets finish
+while draining (tests/test_shutdown.py fails with 0.47 to 0.52). The upper bound: the
+internals below were read against 0.47 to 0.54.
 
 Internals used, and why:
 
@@ -53,9 +55,9 @@ import uvloop
 
 log = logging.getLogger(__name__)
 
-UVICORN_REQUIREMENT = "uvicorn>=0.47,<0.55"
-_UVICORN_LOWEST = (0, 47)  # Config(ssl_context_factory=...)
-_UVICORN_BELOW = (0, 55)  # the internals above were read against 0.47 to 0.54
+UVICORN_REQUIREMENT = "uvicorn>=0.53,<0.55"
+_UVICORN_LOWEST = (0, 53)
+_UVICORN_BELOW = (0, 55)
 
 
 class UnsupportedVersion(ImportError):
