@@ -69,7 +69,6 @@ class WebhookApp:
         self.readiness = readiness or Readiness(certificate_loaded=True)
         self.observer = observer or Observer(Metrics())
         self.api = _fastapi(self.readiness)
-        self._deadlines = _BodyDeadlines(settings.request_timeout_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == MUTATE_PATH:
@@ -83,15 +82,10 @@ class WebhookApp:
             await _respond(send, 405, _error("method not allowed: use POST"), [(b"allow", b"POST")])
             return
         # uvicorn has no request-read deadline: a slow client must not hold a worker.
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines = self._deadlines
-        deadlines.watch(task)
         try:
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        except asyncio.CancelledError:
-            if not deadlines.expired(task):
-                raise
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        except TimeoutError:
             reason = f"body not received within {self.settings.request_timeout_seconds:g}s"
             await _respond(send, 408, _error(reason), [(b"connection", b"close")])
             self._rejected("timeout", started, reason)
@@ -100,8 +94,6 @@ class WebhookApp:
             # Nobody to answer: count it, but not as a bad review.
             self._rejected("client-disconnected", started)
             return
-        finally:
-            deadlines.reading.pop(task, None)
         if body is None:
             reason = f"body exceeds {self.settings.max_body_bytes} bytes"
             await _respond(send, 413, _error(reason))
@@ -167,53 +159,6 @@ class WebhookApp:
 
 class _ClientGone(Exception):
     """The client disconnected before its whole body arrived."""
-
-
-class _BodyDeadlines:
-    """Deadlines for reading request bodies, enforced by one periodic task.
-
-    `asyncio.timeout()` around each read arms and cancels a timer in the event loop, about
-    6 µs a request on uvloop (a tenth of the whole in-process handling; see bench/). Here a
-    request only records its deadline in a dict, and one task, alive while bodies are being
-    read, cancels the readers past theirs. It checks every `interval` seconds, so a
-    deadline can be overshot by that much.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.interval = min(0.1, seconds / 10)
-        self.reading: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._watcher: asyncio.Task[None] | None = None
-
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        """`task` reads a body now; `reading.pop(task)` when it is done."""
-        self.reading[task] = time.monotonic() + self.seconds
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """Whether `task` was cancelled for its deadline (and then takes that back)."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        task.uncancel()
-        return True
-
-    async def _watch(self) -> None:
-        try:
-            while self.reading:
-                await asyncio.sleep(self.interval)
-                now = time.monotonic()
-                for task, deadline in list(self.reading.items()):
-                    if deadline <= now:
-                        # Cancelled while suspended in the read: the CancelledError is
-                        # raised there, and `expired()` tells it from any other.
-                        del self.reading[task]
-                        self._expired.add(task)
-                        task.cancel()
-        finally:
-            self._watcher = None
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
