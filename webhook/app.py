@@ -10,7 +10,6 @@ Everything else (health, readiness, docs) is plain FastAPI.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -25,12 +24,14 @@ from webhook import __version__
 from webhook.config import Settings
 from webhook.observability import Metrics, Observer
 from webhook.review import (
+    AdmissionRequest,
     AdmissionReview,
     AdmissionReviewResponse,
     BadReview,
     Decision,
     ErrorBody,
-    handle,
+    decide,
+    parse,
 )
 
 Scope = MutableMapping[str, Any]
@@ -38,7 +39,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-log = logging.getLogger("istio_spiffe_webhook")
 
 MUTATE_PATH = "/mutate"
 _JSON = [(b"content-type", b"application/json")]
@@ -99,22 +99,27 @@ class WebhookApp:
             await _respond(send, 413, _error(reason))
             self._rejected("too-large", started)
             return
+        review: AdmissionReview | None = None
         try:
-            decision = handle(body, self.settings)
+            review = parse(body)
+            decision = decide(review, self.settings)
             response = decision.response_bytes()
         except BadReview as error:
             await _respond(send, error.status, _error(error.reason))
             self._rejected("bad-request", started, error.reason)
             return
-        except Exception:
-            # A bug must not take the pod's creation down with a traceback in the answer.
-            log.exception("admission failed")
+        except Exception as error:
+            # A bug must not take the pod's creation down with a traceback in the answer:
+            # a generic 500, and the traceback in the log line with the request's uid.
             await _respond(send, 500, _error("internal error while handling the review"))
+            request = review.request if review is not None else None
             self.observer.admission(
                 outcome="error",
                 reason="internal",
-                dry_run=False,
+                dry_run=bool(request is not None and request.dryRun),
                 seconds=time.perf_counter() - started,
+                fields=_request_fields(request) if request is not None else None,
+                error=error,
             )
             return
         await _respond(send, 200, response)
@@ -122,20 +127,7 @@ class WebhookApp:
 
     def _decided(self, decision: Decision, started: float) -> None:
         request = decision.request
-        pod = request.object
-        metadata = pod.get("metadata") if isinstance(pod, dict) else None
-        metadata = metadata if isinstance(metadata, dict) else {}
-        owners = metadata.get("ownerReferences")
-        owner = owners[0] if isinstance(owners, list) and owners else None
-        fields: dict[str, Any] = {
-            "uid": request.uid,
-            "namespace": request.namespace,
-            "name": metadata.get("name") or request.name or metadata.get("generateName"),
-            "operation": request.operation,
-            "kind": request.kind.kind,
-        }
-        if isinstance(owner, dict):
-            fields["owner"] = f"{owner.get('kind')}/{owner.get('name')}"
+        fields = _request_fields(request)
         if decision.result.warnings:
             fields["warnings"] = decision.result.warnings
         self.observer.admission(
@@ -155,6 +147,25 @@ class WebhookApp:
             seconds=time.perf_counter() - started,
             fields={"error": detail} if detail else None,
         )
+
+
+def _request_fields(request: AdmissionRequest) -> dict[str, Any]:
+    """What the log line says about the request: who asked for what, never the pod."""
+    pod = request.object
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    owners = metadata.get("ownerReferences")
+    owner = owners[0] if isinstance(owners, list) and owners else None
+    fields: dict[str, Any] = {
+        "uid": request.uid,
+        "namespace": request.namespace,
+        "name": metadata.get("name") or request.name or metadata.get("generateName"),
+        "operation": request.operation,
+        "kind": request.kind.kind,
+    }
+    if isinstance(owner, dict):
+        fields["owner"] = f"{owner.get('kind')}/{owner.get('name')}"
+    return fields
 
 
 class _ClientGone(Exception):
