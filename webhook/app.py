@@ -39,7 +39,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-
 MUTATE_PATH = "/mutate"
 _JSON = [(b"content-type", b"application/json")]
 
