@@ -12,6 +12,8 @@ Keyword arguments are settings (`max_body_bytes=4096` becomes
 `ISTIO_SPIFFE_WEBHOOK_MAX_BODY_BYTES=4096`); the parent's ISTIO_SPIFFE_WEBHOOK_* variables
 are not passed on. The server's stdout and stderr (JSON log lines) go to `server.log_file`.
 Certificates already in `<directory>/certs/` are reused (a second server with the same CA).
+`preamble="..."` runs that Python in the server process before the command (to make a
+part fail on purpose).
 
 For a module-wide server use a module-scoped fixture with `tmp_path_factory.mktemp(...)`.
 """
@@ -61,12 +63,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_argv(*args: str) -> list[str]:
-    """The command line of `istio-spiffe-webhook serve ...` for this interpreter."""
+def serve_argv(*args: str, preamble: str = "") -> list[str]:
+    """The command line of `istio-spiffe-webhook serve ...` for this interpreter;
+    `preamble` is Python run in the server process first (a test's fault injection)."""
     script = Path(sys.executable).parent / "istio-spiffe-webhook"
-    if script.exists():
+    if script.exists() and not preamble:
         return [str(script), "serve", *args]
-    return [sys.executable, "-c", "from webhook.cli import main; main()", "serve", *args]
+    code = f"{preamble}\nfrom webhook.cli import main\nmain()\n"
+    return [sys.executable, "-c", code, "serve", *args]
 
 
 def server_env(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -224,8 +228,11 @@ def _wait_ready(handle: ServerHandle) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(directory: Path, **settings: Any) -> Iterator[ServerHandle]:
-    """The real server, ready, on free loopback ports; stopped on exit."""
+def running_server(
+    directory: Path, *, preamble: str = "", **settings: Any
+) -> Iterator[ServerHandle]:
+    """The real server, ready, on free loopback ports; stopped on exit (`preamble`: see
+    `serve_argv`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cert_dir = directory / "certs"
@@ -259,7 +266,7 @@ def running_server(directory: Path, **settings: Any) -> Iterator[ServerHandle]:
         log_file = directory / f"server-{port}.log"
         with log_file.open("wb") as stderr:
             process = subprocess.Popen(
-                serve_argv(),
+                serve_argv(preamble=preamble),
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,

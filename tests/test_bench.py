@@ -5,8 +5,6 @@ target evaluation and a quick `bench/run.py`. No timing is asserted here: speed 
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import math
 import shutil
 import signal
@@ -27,9 +25,7 @@ from bench import micro, openloop, run
 from bench.common import FIXTURE_NAMES, load_pod, review_body
 from bench.noop import ANSWER
 from tests.serving import free_port, make_certificates, server_env
-from webhook import observability
 from webhook.config import Settings
-from webhook.observability import JsonFormatter, Metrics, Observer
 from webhook.review import handle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,51 +160,6 @@ def test_open_loop_fails_loudly_when_nothing_listens() -> None:
                 ssl_context=None,
             )
         )
-
-
-def test_the_direct_admission_log_line_is_the_line_logging_writes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The request path writes its log line without a LogRecord when logging is set up as
-    the server sets it up; the line must be the one the logging path writes."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    monkeypatch.setattr(logging.root, "handlers", [handler])
-    level = logging.root.level
-    logging.root.setLevel(logging.INFO)  # setLevel, not setattr: it clears the loggers' caches
-    try:
-        monkeypatch.setattr(time, "time", lambda: 1_764_072_000.25)
-        monkeypatch.setattr(time, "time_ns", lambda: 1_764_072_000_250_000_000)
-        fields = {"uid": "u-1", "name": "hello", "big": 2**70, "warnings": ["a"]}
-        observer = Observer(Metrics())
-        handler.setLevel(logging.INFO)
-        # The set-up qualifies for the direct path (a DEBUG line is dropped by the handler).
-        assert observability._write_directly(logging.DEBUG, fields) is True
-        for direct in (True, False):
-            if not direct:
-                monkeypatch.setattr(observability, "_write_directly", lambda level, fields: False)
-            observer.admission(
-                outcome="mutated", reason="", dry_run=True, seconds=0.0001, fields=fields
-            )
-            observer.admission(
-                outcome="rejected", reason="bad-request", dry_run=False, seconds=0.001
-            )
-    finally:
-        logging.root.setLevel(level)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 4
-    assert lines[:2] == lines[2:]
-    assert orjson.loads(lines[1]) == {
-        "time": "2025-11-25T12:00:00.250Z",
-        "level": "warning",
-        "msg": "admission",
-        "outcome": "rejected",
-        "reason": "bad-request",
-        "dry_run": False,
-        "patch_operations": 0,
-        "duration_ms": 1.0,
-    }
 
 
 def test_percentile_is_the_nearest_rank() -> None:

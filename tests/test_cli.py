@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from webhook import __version__
 from webhook.cli import COMMANDS, LazyGroup, main
 
+ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "policy"]
 
 
@@ -79,3 +82,33 @@ def test_help_and_mutate_never_import_the_kubernetes_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout == "['webhook.cli'] True False\n"
+
+
+SERVING_MODULES = [
+    "server",
+    "tls",
+    "uvicorn_adapter",
+    "write_coalescing",
+    "app",
+    "review",
+    "observability",
+]
+
+
+@pytest.mark.parametrize("module", SERVING_MODULES)
+def test_the_serving_modules_import_neither_click_nor_the_command_line(module: str) -> None:
+    tree = ast.parse((ROOT / "webhook" / f"{module}.py").read_text(encoding="utf-8"))
+    imported = {
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+        )
+    }
+    assert {name for name in imported if name.split(".")[0] == "click"} == set()
+    assert {
+        name for name in imported if name.startswith(("webhook.cli", "webhook.commands"))
+    } == set()

@@ -1,19 +1,19 @@
-"""The server's write coalescing, on a real asyncio transport over a real socket pair."""
+"""Write coalescing, on a real asyncio transport over a real socket pair."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 
-from webhook.server import _CoalescingTransport
+from webhook.write_coalescing import CoalescingTransport
 
 
-async def _pair() -> tuple[_CoalescingTransport, socket.socket, asyncio.AbstractEventLoop]:
+async def _pair() -> tuple[CoalescingTransport, socket.socket, asyncio.AbstractEventLoop]:
     loop = asyncio.get_running_loop()
     ours, peer = socket.socketpair()
     peer.setblocking(False)
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    return _CoalescingTransport(transport, loop), peer, loop  # type: ignore[arg-type]
+    return CoalescingTransport(transport, loop), peer, loop  # type: ignore[arg-type]
 
 
 async def _read(loop: asyncio.AbstractEventLoop, peer: socket.socket, size: int) -> bytes:

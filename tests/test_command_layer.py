@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "webhook"
 COMMAND_LAYER = ("webhook.cli", "webhook.commands")
 FORBIDDEN = ("click", *COMMAND_LAYER)
-# Modules outside the command layer allowed to import it for now, each with the reason.
-ALLOWED = {
-    "webhook.server": "moved by issue 13",  # serve_command moves to webhook/commands/serve.py
-}
 DOMAIN_MODULES = [
     "webhook.rewrite",
     "webhook.policy",
@@ -81,9 +77,7 @@ def layer_violations(root: Path) -> dict[str, list[str]]:
 
 def test_no_module_outside_the_command_layer_imports_click_or_the_cli() -> None:
     violations = layer_violations(ROOT)
-    assert {name: v for name, v in violations.items() if name not in ALLOWED} == {}
-    # An allowance that is no longer needed goes: the list only shrinks.
-    assert set(ALLOWED) <= set(violations)
+    assert violations == {}
 
 
 def test_the_scan_finds_every_way_of_importing_the_command_layer(tmp_path: Path) -> None:
@@ -134,13 +128,8 @@ def test_importing_the_domain_modules_loads_neither_click_nor_the_cli() -> None:
     assert done.stdout.splitlines() == [f"{module} []" for module in DOMAIN_MODULES]
 
 
-@pytest.mark.parametrize("name", [name for name in COMMANDS if name != "serve"])
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_each_command_lives_in_its_own_module_of_webhook_commands(name: str) -> None:
     target, _ = COMMANDS[name]
     assert target == f"webhook.commands.{name}:{name}_command"
     assert (PACKAGE / "commands" / f"{name}.py").is_file()
-
-
-def test_serve_is_the_one_command_still_outside_webhook_commands() -> None:
-    # moved by issue 13: then serve is checked by the test above like every other command.
-    assert COMMANDS["serve"][0] == "webhook.server:serve_command"

@@ -1,20 +1,26 @@
-"""Metrics, JSON logs and AdmissionResponse warnings of the real server, after real requests."""
+"""Metrics, JSON logs and AdmissionResponse warnings of the real server, after real requests;
+the 500 path with a rewrite that raises; the JSON log lines themselves."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.oracle import admission_reviews, istio_pods
 from tests.serving import ServerHandle, running_server
 from webhook.certs import certificate_expiry
+from webhook.observability import JsonFormatter, Metrics, Observer
 
 REVIEWS = admission_reviews()
 REQUESTS = "istio_spiffe_webhook_admission_requests_total"
@@ -224,3 +230,142 @@ def test_removing_another_containers_certs_mount_is_a_warning(server: ServerHand
     assert answer["response"]["warnings"] == [
         "removed the workload-certs mount from container traffic"
     ]
+
+
+# --- The 500 path: a rewrite that raises ------------------------------------------------
+
+# Run in the server process before it starts: every rewrite fails as a bug would.
+BROKEN_REWRITE = """
+import webhook.review
+def rewrite(pod, settings):
+    raise KeyError("missing")
+webhook.review.rewrite = rewrite
+"""
+
+
+def test_a_rewrite_that_raises_gets_500_and_an_error_line_with_traceback_and_uid(
+    tmp_path: Path,
+) -> None:
+    pod = REVIEWS["hello-native"]["request"]["object"]
+    with running_server(tmp_path, preamble=BROKEN_REWRITE) as server:
+        answers = [
+            post(server, review_of(pod, "crash-live")),
+            post(server, review_of(pod, "crash-dry-run", dryRun=True)),
+        ]
+        server.wait_for_log(lambda r: r.get("uid") == "crash-dry-run")  # after the answer
+        metrics = server.metrics()
+        records = [r for r in server.log_records() if r["msg"] == "admission"]
+
+    assert answers == [(500, {"error": "internal error while handling the review"})] * 2
+    assert samples(metrics, REQUESTS) == {
+        (("dry_run", "false"), ("outcome", "error"), ("reason", "internal")): 1.0,
+        (("dry_run", "true"), ("outcome", "error"), ("reason", "internal")): 1.0,
+    }
+    assert samples(metrics, DURATION + "_count") == {(("outcome", "error"),): 2.0}
+    tracebacks = []
+    for record in records:
+        assert isinstance(record.pop("duration_ms"), float)
+        assert record.pop("time").endswith("Z")
+        tracebacks.append(record.pop("traceback"))
+    assert records == [
+        {
+            "level": "error",
+            "msg": "admission",
+            "outcome": "error",
+            "reason": "internal",
+            "dry_run": dry_run,
+            "patch_operations": 0,
+            "uid": uid,
+            "namespace": "shop",
+            "name": "hello-",
+            "operation": "CREATE",
+            "kind": "Pod",
+            "error": "KeyError: 'missing'",
+        }
+        for uid, dry_run in (("crash-live", False), ("crash-dry-run", True))
+    ]
+    for traceback in tracebacks:
+        lines = traceback.splitlines()
+        assert lines[0] == "Traceback (most recent call last):"
+        assert lines[-1] == "KeyError: 'missing'"
+        assert 'File "<string>", line 4, in rewrite' in traceback  # where it was raised
+        assert "in _mutate" in traceback  # and the request path that called it
+
+
+# --- The log lines themselves ---------------------------------------------------------
+
+
+@pytest.fixture
+def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Logging as `configure_logging` sets it up (one JSON StreamHandler on the root
+    logger, INFO), into a string."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    level = logging.root.level
+    logging.root.setLevel(logging.INFO)  # setLevel, not setattr: it clears the loggers' caches
+    try:
+        yield stream
+    finally:
+        logging.root.setLevel(level)
+
+
+def test_an_admission_is_one_json_line_through_the_logging_handler(
+    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_764_072_000.25)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_764_072_000_250_000_000)
+    observer = Observer(Metrics(CollectorRegistry()))
+    fields = {"uid": "u-1", "name": "hello", "big": 2**70, "warnings": ["a"]}
+    observer.admission(outcome="mutated", reason="", dry_run=True, seconds=0.0001, fields=fields)
+    observer.admission(outcome="rejected", reason="bad-request", dry_run=False, seconds=0.001)
+    assert [json.loads(line) for line in log_stream.getvalue().splitlines()] == [
+        {
+            "time": "2025-11-25T12:00:00.250Z",
+            "level": "info",
+            "msg": "admission",
+            "outcome": "mutated",
+            "reason": "",
+            "dry_run": True,
+            "patch_operations": 0,
+            "duration_ms": 0.1,
+            "uid": "u-1",
+            "name": "hello",
+            "big": 2**70,  # over 64 bits: orjson refuses it, the json module writes it
+            "warnings": ["a"],
+        },
+        {
+            "time": "2025-11-25T12:00:00.250Z",
+            "level": "warning",
+            "msg": "admission",
+            "outcome": "rejected",
+            "reason": "bad-request",
+            "dry_run": False,
+            "patch_operations": 0,
+            "duration_ms": 1.0,
+        },
+    ]
+
+
+def test_any_line_logged_with_an_exception_carries_its_type_message_and_traceback(
+    log_stream: io.StringIO,
+) -> None:
+    def fail() -> None:
+        raise ValueError("no good")
+
+    try:
+        fail()
+    except ValueError:
+        logging.getLogger("some.library").exception("it broke", extra={"fields": {"uid": "u"}})
+    [record] = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    traceback = record.pop("traceback")
+    assert record == {
+        "time": record["time"],
+        "level": "error",
+        "msg": "it broke",
+        "uid": "u",
+        "error": "ValueError: no good",
+    }
+    assert traceback.splitlines()[0] == "Traceback (most recent call last):"
+    assert traceback.splitlines()[-2:] == ['    raise ValueError("no good")', "ValueError: no good"]

@@ -146,13 +146,6 @@ def test_app_answers_bad_input_with_400_and_a_json_error(body: bytes, message: s
     assert response.json() == {"error": message}
 
 
-def test_handle_rejects_a_body_over_the_limit_with_413() -> None:
-    settings = Settings(max_body_bytes=1024)
-    with pytest.raises(BadReview) as caught:
-        handle(b" " * 1025, settings)
-    assert (caught.value.status, caught.value.reason) == (413, "body exceeds 1024 bytes")
-
-
 def test_app_answers_413_from_content_length_over_the_limit() -> None:
     response = post(b" " * 1025, Settings(max_body_bytes=1024))
     assert response.status_code == 413

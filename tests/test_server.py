@@ -305,3 +305,19 @@ def test_command_line_options_win_over_the_config_file(tmp_path: Path) -> None:
             assert client.get("/readyz").json() == {"status": "ready"}
     finally:
         assert handle.stop() == 0
+
+
+# Run in the server process first: `import kubernetes` (or cryptography) then raises.
+WITHOUT_KUBERNETES_AND_CRYPTOGRAPHY = """
+import sys
+sys.modules["kubernetes"] = None
+sys.modules["cryptography"] = None
+"""
+
+
+def test_serve_needs_neither_kubernetes_nor_cryptography(tmp_path: Path) -> None:
+    with running_server(tmp_path, preamble=WITHOUT_KUBERNETES_AND_CRYPTOGRAPHY) as server:
+        status, answer = post(server, json.dumps(REVIEWS["hello-native"]).encode())
+        assert (status, answer["response"]["patchType"]) == (200, "JSONPatch")
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_text()

@@ -21,7 +21,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from webhook.certs import make_ca, make_serving_certificate, write_certificates
-from webhook.server import CertificateError, load_pair
+from webhook.tls import CertificateError, load_pair
 from webhook.x509_fields import CertificateFormatError, read_fields
 
 UTC = datetime.UTC
@@ -334,7 +334,10 @@ def test_a_pem_block_openssl_cannot_read_is_blamed_on_the_certificate(tmp_path: 
     assert message == f"certificate {files.cert}: not a certificate OpenSSL can read"
 
 
-@pytest.mark.parametrize("module", ["server", "cli", "app", "observability", "config"])
+@pytest.mark.parametrize(
+    "module",
+    ["server", "tls", "uvicorn_adapter", "commands.serve", "cli", "app", "observability", "config"],
+)
 def test_serving_never_imports_cryptography(module: str) -> None:
     code = f"import sys, webhook.{module}; print('cryptography' in sys.modules)"
     result = subprocess.run(

@@ -10,7 +10,6 @@ Everything else (health, readiness, docs) is plain FastAPI.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -25,20 +24,20 @@ from webhook import __version__
 from webhook.config import Settings
 from webhook.observability import Metrics, Observer
 from webhook.review import (
+    AdmissionRequest,
     AdmissionReview,
     AdmissionReviewResponse,
     BadReview,
     Decision,
     ErrorBody,
-    handle,
+    decide,
+    parse,
 )
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-log = logging.getLogger("istio_spiffe_webhook")
 
 MUTATE_PATH = "/mutate"
 _JSON = [(b"content-type", b"application/json")]
@@ -69,7 +68,6 @@ class WebhookApp:
         self.readiness = readiness or Readiness(certificate_loaded=True)
         self.observer = observer or Observer(Metrics())
         self.api = _fastapi(self.readiness)
-        self._deadlines = _BodyDeadlines(settings.request_timeout_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == MUTATE_PATH:
@@ -83,15 +81,10 @@ class WebhookApp:
             await _respond(send, 405, _error("method not allowed: use POST"), [(b"allow", b"POST")])
             return
         # uvicorn has no request-read deadline: a slow client must not hold a worker.
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines = self._deadlines
-        deadlines.watch(task)
         try:
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        except asyncio.CancelledError:
-            if not deadlines.expired(task):
-                raise
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        except TimeoutError:
             reason = f"body not received within {self.settings.request_timeout_seconds:g}s"
             await _respond(send, 408, _error(reason), [(b"connection", b"close")])
             self._rejected("timeout", started, reason)
@@ -100,29 +93,32 @@ class WebhookApp:
             # Nobody to answer: count it, but not as a bad review.
             self._rejected("client-disconnected", started)
             return
-        finally:
-            deadlines.reading.pop(task, None)
         if body is None:
             reason = f"body exceeds {self.settings.max_body_bytes} bytes"
             await _respond(send, 413, _error(reason))
             self._rejected("too-large", started)
             return
+        review: AdmissionReview | None = None
         try:
-            decision = handle(body, self.settings)
+            review = parse(body)
+            decision = decide(review, self.settings)
             response = decision.response_bytes()
         except BadReview as error:
             await _respond(send, error.status, _error(error.reason))
             self._rejected("bad-request", started, error.reason)
             return
-        except Exception:
-            # A bug must not take the pod's creation down with a traceback in the answer.
-            log.exception("admission failed")
+        except Exception as error:
+            # A bug must not take the pod's creation down with a traceback in the answer:
+            # a generic 500, and the traceback in the log line with the request's uid.
             await _respond(send, 500, _error("internal error while handling the review"))
+            request = review.request if review is not None else None
             self.observer.admission(
                 outcome="error",
                 reason="internal",
-                dry_run=False,
+                dry_run=bool(request is not None and request.dryRun),
                 seconds=time.perf_counter() - started,
+                fields=_request_fields(request) if request is not None else None,
+                error=error,
             )
             return
         await _respond(send, 200, response)
@@ -130,20 +126,7 @@ class WebhookApp:
 
     def _decided(self, decision: Decision, started: float) -> None:
         request = decision.request
-        pod = request.object
-        metadata = pod.get("metadata") if isinstance(pod, dict) else None
-        metadata = metadata if isinstance(metadata, dict) else {}
-        owners = metadata.get("ownerReferences")
-        owner = owners[0] if isinstance(owners, list) and owners else None
-        fields: dict[str, Any] = {
-            "uid": request.uid,
-            "namespace": request.namespace,
-            "name": metadata.get("name") or request.name or metadata.get("generateName"),
-            "operation": request.operation,
-            "kind": request.kind.kind,
-        }
-        if isinstance(owner, dict):
-            fields["owner"] = f"{owner.get('kind')}/{owner.get('name')}"
+        fields = _request_fields(request)
         if decision.result.warnings:
             fields["warnings"] = decision.result.warnings
         self.observer.admission(
@@ -165,55 +148,27 @@ class WebhookApp:
         )
 
 
+def _request_fields(request: AdmissionRequest) -> dict[str, Any]:
+    """What the log line says about the request: who asked for what, never the pod."""
+    pod = request.object
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    owners = metadata.get("ownerReferences")
+    owner = owners[0] if isinstance(owners, list) and owners else None
+    fields: dict[str, Any] = {
+        "uid": request.uid,
+        "namespace": request.namespace,
+        "name": metadata.get("name") or request.name or metadata.get("generateName"),
+        "operation": request.operation,
+        "kind": request.kind.kind,
+    }
+    if isinstance(owner, dict):
+        fields["owner"] = f"{owner.get('kind')}/{owner.get('name')}"
+    return fields
+
+
 class _ClientGone(Exception):
     """The client disconnected before its whole body arrived."""
-
-
-class _BodyDeadlines:
-    """Deadlines for reading request bodies, enforced by one periodic task.
-
-    `asyncio.timeout()` around each read arms and cancels a timer in the event loop, about
-    6 µs a request on uvloop (a tenth of the whole in-process handling; see bench/). Here a
-    request only records its deadline in a dict, and one task, alive while bodies are being
-    read, cancels the readers past theirs. It checks every `interval` seconds, so a
-    deadline can be overshot by that much.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.interval = min(0.1, seconds / 10)
-        self.reading: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._watcher: asyncio.Task[None] | None = None
-
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        """`task` reads a body now; `reading.pop(task)` when it is done."""
-        self.reading[task] = time.monotonic() + self.seconds
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """Whether `task` was cancelled for its deadline (and then takes that back)."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        task.uncancel()
-        return True
-
-    async def _watch(self) -> None:
-        try:
-            while self.reading:
-                await asyncio.sleep(self.interval)
-                now = time.monotonic()
-                for task, deadline in list(self.reading.items()):
-                    if deadline <= now:
-                        # Cancelled while suspended in the read: the CancelledError is
-                        # raised there, and `expired()` tells it from any other.
-                        del self.reading[task]
-                        self._expired.add(task)
-                        task.cancel()
-        finally:
-            self._watcher = None
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

@@ -7,19 +7,14 @@ so `--help` stays fast and `serve` never loads the `kubernetes` client.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from webhook import __version__
 
-if TYPE_CHECKING:
-    from webhook.commands.options import config_option as config_option
-    from webhook.commands.options import settings_from as settings_from
-
 # name -> (module:attribute of the click command, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("webhook.server:serve_command", "Serve the admission webhook over TLS."),
+    "serve": ("webhook.commands.serve:serve_command", "Serve the admission webhook over TLS."),
     "mutate": ("webhook.commands.mutate:mutate_command", "Rewrite pods and workloads from a file."),
     "certs": ("webhook.commands.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.commands.audit:audit_command", "List running pods that will not rotate."),
@@ -49,11 +44,3 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="istio-spiffe-webhook")
 def main() -> None:
     """Make Istio sidecars take rotating certificates from a SPIFFE Workload API."""
-
-
-def __getattr__(name: str) -> Any:
-    # webhook/server.py still imports these from here until issue 13 moves serve_command
-    # into webhook/commands/serve.py; loaded on first use so `--help` imports nothing more.
-    if name in ("config_option", "settings_from"):
-        return getattr(importlib.import_module("webhook.commands.options"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

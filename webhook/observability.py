@@ -7,7 +7,6 @@ expiry. Logs never carry request bodies, patches or key material.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -62,42 +61,33 @@ class Metrics:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, message and the record's `fields`."""
+    """One JSON object per line: time, level, message, the record's `fields` and, for a
+    record with an exception, `error` (`Type: message`) and `traceback`."""
 
     _second = -1  # the second `_stamp` is for: strftime once a second, not once a line
     _stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.line(
-            record.created,
-            record.levelname,
-            record.getMessage(),
-            getattr(record, "fields", None),
-            record.exc_info,
-        )
-
-    def line(
-        self,
-        created: float,
-        levelname: str,
-        msg: str,
-        fields: dict[str, Any] | None = None,
-        exc_info: Any = None,
-    ) -> str:
-        """The JSON line of a record with these attributes (`Observer` calls it directly)."""
+        created = record.created
         second = int(created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
         entry: dict[str, Any] = {
             "time": f"{self._stamp}.{int((created - second) * 1000):03d}Z",
-            "level": levelname.lower(),
-            "msg": msg,
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
-        if exc_info and exc_info[0] is not None:
-            entry["error"] = f"{exc_info[0].__name__}: {exc_info[1]}"
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+            if not record.exc_text:  # cached on the record for other handlers, as logging does
+                record.exc_text = self.formatException(record.exc_info)
+            entry["traceback"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         try:
             return orjson.dumps(entry, default=str).decode()
         except TypeError:  # e.g. an integer over 64 bits: a log line must never fail
@@ -140,7 +130,10 @@ class Observer:
         seconds: float,
         operations: int = 0,
         fields: dict[str, Any] | None = None,
+        error: BaseException | None = None,
     ) -> None:
+        """Count the decision and log its line (`error`: the exception of a failure, whose
+        traceback the line carries)."""
         counter = self._counters.get((outcome, reason, dry_run))
         if counter is None:
             counter = self.metrics.requests.labels(outcome, reason, "true" if dry_run else "false")
@@ -152,7 +145,7 @@ class Observer:
         histogram.observe(seconds)
         if operations:
             self.metrics.patch_operations.inc(operations)
-        level = logging.WARNING if outcome in ("rejected", "error") else logging.INFO
+        level = _LEVELS.get(outcome, logging.INFO)
         if log.isEnabledFor(level):
             entry = {
                 "outcome": outcome,
@@ -163,44 +156,8 @@ class Observer:
             }
             if fields:
                 entry.update(fields)
-            if not _write_directly(level, entry):
-                # Skip `log.log`'s walk up the stack for the caller (our lines omit it).
-                extra = {"fields": entry}
-                log.handle(
-                    log.makeRecord(
-                        LOGGER_NAME, level, __file__, 0, "admission", (), None, extra=extra
-                    )
-                )
+            log.log(level, "admission", exc_info=error, extra={"fields": entry})
 
 
-def _write_directly(level: int, fields: dict[str, Any]) -> bool:
-    """Write the admission line as `logging` would, without a LogRecord; False if unsure.
-
-    One line per decision is most of what the webhook costs besides parsing the request
-    (a LogRecord, the handler chain and its filters took as long as the rewrite), so when
-    logging is set up as `configure_logging` does it (one plain StreamHandler with our
-    JsonFormatter on the root logger, no filters anywhere) the line is formatted and written
-    here, under the handler's lock. Any other set-up (pytest's capture, a user's handler)
-    takes the regular path.
-    """
-    root = logging.root
-    if log.handlers or log.filters or not log.propagate or root.filters:
-        return False
-    if len(root.handlers) != 1:
-        return False
-    handler = root.handlers[0]
-    formatter = handler.formatter
-    if type(handler) is not logging.StreamHandler or handler.filters:
-        return False
-    if type(formatter) is not JsonFormatter:
-        return False
-    if level < handler.level:
-        return True  # the handler would drop it
-    line = formatter.line(time.time(), logging.getLevelName(level), "admission", fields)
-    with handler.lock or contextlib.nullcontext():
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.stream.flush()
-        except Exception:
-            return False  # let logging report it its own way
-    return True
+# An answer is info, a refused request a warning, a failure (HTTP 500) an error.
+_LEVELS = {"rejected": logging.WARNING, "error": logging.ERROR}

@@ -138,9 +138,11 @@ def decide(review: AdmissionReview, settings: Settings) -> Decision:
 
 
 def handle(body: bytes, settings: Settings) -> Decision:
-    """Bytes of an AdmissionReview in, the decision out; BadReview on bad input."""
-    if len(body) > settings.max_body_bytes:
-        raise BadReview(f"body exceeds {settings.max_body_bytes} bytes", status=413)
+    """Bytes of an AdmissionReview in, the decision out; BadReview on bad input.
+
+    The body's size is the reader's limit (`/mutate` refuses one over `max_body_bytes`
+    with 413 while reading it), not checked again here.
+    """
     return decide(parse(body), settings)
 
 
