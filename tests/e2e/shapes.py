@@ -8,6 +8,7 @@ A replayed pod is a plain pod labelled `fixture=NAME`; the replay gives it the s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,9 @@ def summary_lines(report: Path) -> list[str]:
             for name, right in results.items():
                 cases.setdefault(form, {})[name] = cases.get(form, {}).get(name, True) and right
     return [f"{form}: {sum(c.values())}/{len(c)} pods" for form, c in sorted(cases.items())]
+
+
+def refused_fields(message: str) -> list[str]:
+    """The fields an API server refusal names, without list indexes (the rewrite removes a
+    volume, so the same volume can sit at another index)."""
+    return [re.sub(r"\[\d+\]", "[]", f) for f in re.findall(r"spec\.[\w.\[\]]+", message)]

@@ -33,7 +33,7 @@ if os.environ.get("E2E") != "1" or not os.environ.get("KUBECONFIG"):
         allow_module_level=True,
     )
 
-from tests.e2e.shapes import e2e_pods, plain_pod
+from tests.e2e.shapes import e2e_pods, plain_pod, refused_fields
 from tests.oracle import assert_contract_holds, expected, in_scope
 from webhook.config import Settings
 
@@ -133,12 +133,6 @@ def wait_until_rewriting(tools: Any, namespace: str) -> None:
                 return
         time.sleep(2)
     pytest.fail(f"the webhook did not rewrite a probe pod within 120 s: {probe}")
-
-
-def refused_fields(message: str) -> list[str]:
-    """The fields an API server refusal names, without list indexes (the rewrite removes a
-    volume, so the same volume can sit at another index)."""
-    return [re.sub(r"\[\d+\]", "[]", f) for f in re.findall(r"spec\.[\w.\[\]]+", message)]
 
 
 def check(namespaces: Namespaces, tools: Any, source: str, name: str, *, dry_run: bool) -> None:
