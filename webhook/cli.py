@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
     "policy": ("webhook.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
+    "template": (
+        "webhook.commands.template:template_command",
+        "Print the Istio injection template form.",
+    ),
 }
 
 
