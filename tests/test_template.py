@@ -124,8 +124,10 @@ def patch_of(settings: Settings, *, native: bool, own: list[str]) -> dict[str, A
     proxy = {
         "name": s.proxy_container,
         "env": [
-            {"name": s.cert_provider_env, "value": s.cert_provider, "valueFrom": None},
-            {"name": s.ca_addr_env, "value": s.ca_addr, "valueFrom": None},
+            {"name": s.cert_provider_env, "$patch": "delete"},
+            {"name": s.ca_addr_env, "$patch": "delete"},
+            {"name": s.cert_provider_env, "value": s.cert_provider},
+            {"name": s.ca_addr_env, "value": s.ca_addr},
         ],
         "volumeMounts": [
             certs_mount,

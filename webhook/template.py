@@ -17,7 +17,10 @@ the contract of `webhook.rewrite` on the pod Istio just injected:
    set to null);
 3. istio-proxy's mount at the configured path is merged into the read-only socket mount, or
    added;
-4. the two env entries are merged by name with `valueFrom: null`, so none ends with both;
+4. every env entry of the two names is deleted (`$patch: delete`, keyed by `name`) and one
+   of each added with its value: merged by name instead, a later entry of the same name
+   (Istio's sidecar template appends `proxyMetadata` after its own `PILOT_CERT_PROVIDER` and
+   `CA_ADDR`) would keep its value and win at run time;
 5. the identity label is added.
 
 istio-proxy is under `initContainers` when it is a native sidecar, decided exactly as Istio's
@@ -179,15 +182,19 @@ def render_template(
     else:
         lines.append("  initContainers:\n")
     socket = q(s.socket_volume, "socket_volume")
+    provider_env = q(s.cert_provider_env, "cert_provider_env")
+    ca_env = q(s.ca_addr_env, "ca_addr_env")
     lines.append(
         f"  - name: {q(s.proxy_container, 'proxy_container')}\n"
         "    env:\n"
-        f"    - name: {q(s.cert_provider_env, 'cert_provider_env')}\n"
+        f"    - name: {provider_env}\n"
+        "      $patch: delete\n"
+        f"    - name: {ca_env}\n"
+        "      $patch: delete\n"
+        f"    - name: {provider_env}\n"
         f"      value: {q(s.cert_provider, 'cert_provider')}\n"
-        "      valueFrom: null\n"
-        f"    - name: {q(s.ca_addr_env, 'ca_addr_env')}\n"
+        f"    - name: {ca_env}\n"
         f"      value: {q(s.ca_addr, 'ca_addr')}\n"
-        "      valueFrom: null\n"
         "    volumeMounts:\n"
         f"{certs_mount}"
         f"    - mountPath: {q(s.socket_mount_path, 'socket_mount_path')}\n"

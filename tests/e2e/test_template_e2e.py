@@ -15,7 +15,9 @@ The cases: every shared fixture pod that has istio-proxy, and the documented `sp
 of each (tests.e2e.shapes), in each sidecar mode istiod could have injected it in (the
 `sidecar.istio.io/nativeSidecar` annotation, else `.NativeSidecars`, must put the proxy where
 the pod has it); pods whose proxy is a classic container also with the gateway variant
-(which istiod applies whatever `.NativeSidecars` says); two opted-out pods; and all of it
+(which istiod applies whatever `.NativeSidecars` says); two pods with shapes the fixtures
+lack (`odd_pods`: the variables set twice, as `proxyMetadata` does, and a socket volume with
+another source); two opted-out pods; and all of it
 again with every contract setting changed (tests/golden/template-custom-settings.yaml) on
 the fixtures renamed to match. Pods without istio-proxy are not cases: istiod runs templates
 only when it injects, and a pod that names its own templates does not get this one.
@@ -155,6 +157,8 @@ def cases() -> list[Case]:
                     )
             if classic and not native:
                 found.append(Case(f"{name} [{GATEWAY}]", settings_id, pod, GATEWAY, True))
+        for name, pod, native in odd_pods(settings, pods):
+            found.append(Case(name, settings_id, pod, TEMPLATE_NAME, native))
         for name in ("hello--0", "hello-old-version--0"):
             pod = json.loads(
                 json.dumps(pods[name] if settings_id == "default" else renamed(pods[name], RENAMES))
@@ -165,6 +169,39 @@ def cases() -> list[Case]:
             native = proxy_in(pod, settings, "initContainers")
             found.append(Case(f"{name} opted out", settings_id, pod, TEMPLATE_NAME, native))
     return found
+
+
+def odd_pods(
+    settings: Settings, pods: dict[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """Shapes Istio writes that the fixtures lack: `proxyMetadata` setting the two variables
+    (Istio's sidecar template appends it after its own entries, so a name comes twice, the
+    later winning at run time), one of them from `valueFrom`; and a socket volume that
+    already had another source and CSI attributes."""
+    odd = []
+    for name in ("hello--0", "hello-old-version--0"):
+        pod = json.loads(json.dumps(pods[name]))
+        if settings is CUSTOM:
+            pod = renamed(pod, RENAMES)
+        native = proxy_in(pod, settings, "initContainers")
+        [proxy] = [
+            c
+            for c in pod["spec"]["initContainers" if native else "containers"]
+            if c["name"] == settings.proxy_container
+        ]
+        proxy["env"] += [
+            {"name": settings.ca_addr_env, "value": "istiod-canary.istio-system.svc:15012"},
+            {
+                "name": settings.cert_provider_env,
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+        ]
+        for volume in pod["spec"]["volumes"]:
+            if volume["name"] == settings.socket_volume:
+                volume["hostPath"] = {"path": "/run/spire/sockets"}
+                volume["csi"] = {"driver": "other.example.org", "volumeAttributes": {"a": "b"}}
+        odd.append((f"{name} +proxyMetadata, other socket source", pod, native))
+    return odd
 
 
 CASES = cases()
