@@ -42,8 +42,9 @@ test: lint typecheck
 
 # Every form judged by a real kube-apiserver 1.36.2 (../shared/kube-harness, built once per
 # machine); not part of `make test` or CI, which have no Kubernetes binaries.
+# E2E_ARGS: pytest arguments, e.g. E2E_ARGS=tests/e2e/test_webhook_e2e.py
 e2e: $(STAMP)
-	$(PY) scripts/e2e.py
+	$(PY) scripts/e2e.py $(E2E_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.shapes import replay_fixtures  # noqa: E402
+from tests.e2e.shapes import replay_fixtures, summary_lines  # noqa: E402
 
 HARNESS = Path(os.environ.get("E2E_HARNESS", ROOT.parent / "shared" / "kube-harness"))
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -229,11 +229,11 @@ def main() -> int:
             "E2E_REPLAY_FIXTURES": str(fixtures),
         }
         args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "e2e"]
+        args += ["--timeout=900", "-n", "2"]  # set-ups wait for the API server (bounded)
         args += sys.argv[1:] or ["tests/e2e"]
         status = subprocess.run(args, env=test_env, cwd=ROOT, timeout=3600).returncode
-        if report.exists():
-            for line in json.loads(report.read_text()):
-                print(line)
+        for line in summary_lines(report):
+            print(line)
         return status
 
 

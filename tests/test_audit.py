@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from tests import fakeapi as f
 from tests.oracle import admission_reviews, expected, istio_pods
 from webhook.cli import main
+from webhook.cluster.audit import run_audit
+from webhook.cluster.client import Cluster, ClusterError, load_api_client
 from webhook.config import Settings
 from webhook.rewrite import rewrite
 
@@ -169,6 +171,46 @@ def audit(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
 
 def test_reasons_of_the_stored_native_pod_are_the_rewrites() -> None:
     assert reasons(NATIVE) == NATIVE_REASONS
+
+
+def cluster(kubeconfig: Path) -> Cluster:
+    return Cluster(load_api_client(str(kubeconfig)))
+
+
+def test_run_audit_returns_the_findings_by_owner_for_all_one_or_opted_in_namespaces(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    populate(fake)
+    assert run_audit(cluster(kubeconfig), SETTINGS, None, None) == {
+        "podsChecked": 11,
+        "podsToFix": 7,
+        "owners": [LEGACY_OWNER, *shop_owners()],
+    }
+    assert run_audit(cluster(kubeconfig), SETTINGS, "legacy", None) == {
+        "podsChecked": 1,
+        "podsToFix": 1,
+        "owners": [LEGACY_OWNER],
+    }
+    assert run_audit(cluster(kubeconfig), SETTINGS, None, None, only_opted_in=True) == {
+        "podsChecked": 9,
+        "podsToFix": 6,
+        "owners": shop_owners(),
+    }
+
+
+def test_run_audit_raises_cluster_error_a_plain_exception_when_access_is_denied(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    populate(fake)
+    fake.deny("pods")
+    with pytest.raises(ClusterError) as caught:
+        run_audit(cluster(kubeconfig), SETTINGS, "shop", None)
+    assert str(caught.value) == (
+        "access denied while reading pods in namespace shop: pods is forbidden: User"
+        ' "system:serviceaccount:default:auditor" cannot list resource "pods" in API group ""'
+        ' in the namespace "shop"'
+    )
+    assert ClusterError.__mro__[1:] == (Exception, BaseException, object)  # not click's
 
 
 def test_audit_groups_every_pod_to_fix_by_owner_with_the_fix_and_exits_1(

@@ -18,7 +18,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from webhook.certs import (
+    CertificateFiles,
+    CertificatesExist,
     certificate_expiry,
+    general_name,
     make_ca,
     make_serving_certificate,
     write_certificates,
@@ -194,6 +197,53 @@ def test_kustomize_applies_the_patch_to_the_webhook_configuration(tmp_path: Path
     assert (
         base64.b64decode(webhook["clientConfig"]["caBundle"]) == (tmp_path / "ca.crt").read_bytes()
     )
+
+
+def test_the_writer_returns_the_paths_it_wrote_and_refuses_to_overwrite_without_force(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    files = write_certificates(out, service="s", namespace="n")
+    assert files == CertificateFiles(
+        directory=out,
+        ca_cert=out / "ca.crt",
+        ca_key=out / "ca.key",
+        cert=out / "tls.crt",
+        key=out / "tls.key",
+        ca_bundle_patch=out / "ca-bundle-patch.yaml",
+    )
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(written) == ["ca-bundle-patch.yaml", "ca.crt", "ca.key", "tls.crt", "tls.key"]
+    with pytest.raises(CertificatesExist) as caught:
+        write_certificates(out, service="s", namespace="n", extra_sans=["localhost"])
+    assert str(caught.value) == (
+        f"{out / 'ca.crt'}, {out / 'ca.key'}, {out / 'tls.crt'}, {out / 'tls.key'},"
+        f" {out / 'ca-bundle-patch.yaml'} already exist (use --force to overwrite)"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    assert write_certificates(out, service="s", namespace="n", force=True) == files
+    assert (out / "tls.crt").read_bytes() != written["tls.crt"]
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("10.0.0.7", x509.IPAddress(ipaddress.ip_address("10.0.0.7"))),
+        ("::1", x509.IPAddress(ipaddress.ip_address("::1"))),
+        ("Hook.Example.org", x509.DNSName("hook.example.org")),
+        ("*.example.org", x509.DNSName("*.example.org")),
+    ],
+)
+def test_general_name_makes_ip_addresses_ip_sans_and_the_rest_dns_names(
+    value: str, name: x509.GeneralName
+) -> None:
+    assert general_name(value) == name
+
+
+def test_general_name_refuses_what_is_neither() -> None:
+    with pytest.raises(ValueError) as caught:
+        general_name("bad name")
+    assert str(caught.value) == "not an IP address or a DNS name: 'bad name'"
 
 
 def test_the_command_writes_the_five_files_with_service_and_namespace_from_options(

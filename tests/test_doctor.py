@@ -21,6 +21,8 @@ from click.testing import CliRunner
 from tests import fakeapi as f
 from webhook.certs import certificate_pem, make_ca, make_serving_certificate
 from webhook.cli import main
+from webhook.cluster.client import Cluster, ClusterError, load_api_client
+from webhook.cluster.doctor import Doctor
 from webhook.config import Settings
 from webhook.policy import render_policy
 
@@ -163,6 +165,48 @@ def test_a_healthy_cluster_passes_every_check_and_exits_0(
         "checks": healthy_checks(),
         "summary": {"pass": 10, "warn": 0, "fail": 0},
     }
+
+
+def test_the_doctors_checks_are_returned_as_data(fake: f.FakeAPI, kubeconfig: Path) -> None:
+    healthy(fake)
+    fake.remove(f.csidriver("csi.spiffe.io"))
+    doctor = Doctor(Cluster(load_api_client(str(kubeconfig))), Settings())
+    report = doctor.run(trust_domain="example.org")
+    checks = healthy_checks()
+    checks[1] = {
+        "name": "csi-driver",
+        "status": "fail",
+        "message": "CSIDriver csi.spiffe.io is not installed: rewritten pods cannot start"
+        " (their workload-socket volume cannot be mounted)",
+        "fix": "install the SPIFFE CSI driver (for SPIRE: the spiffe-csi-driver chart or"
+        " manifests) or set csi_driver to the driver you run",
+    }
+    trust_domain = {
+        "name": "trust-domain",
+        "status": "pass",
+        "message": "Istio's mesh config has trustDomain example.org",
+        "fix": "",
+    }
+    assert report == {
+        "form": "webhook",
+        "checks": [*checks, trust_domain],
+        "summary": {"pass": 10, "warn": 0, "fail": 1},
+    }
+
+
+def test_the_doctor_raises_cluster_error_when_access_is_denied(
+    fake: f.FakeAPI, kubeconfig: Path
+) -> None:
+    healthy(fake)
+    fake.deny("csidrivers")
+    doctor = Doctor(Cluster(load_api_client(str(kubeconfig))), Settings())
+    with pytest.raises(ClusterError) as caught:
+        doctor.run()
+    assert str(caught.value) == (
+        'access denied while reading CSIDriver csi.spiffe.io: csidrivers "csi.spiffe.io" is'
+        ' forbidden: User "system:serviceaccount:default:auditor" cannot get resource'
+        ' "csidrivers" in API group "storage.k8s.io" at the cluster scope'
+    )
 
 
 def test_the_table_prints_each_check_its_status_and_a_summary(

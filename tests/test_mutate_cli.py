@@ -28,8 +28,8 @@ from tests.oracle import (
     expected,
     istio_pods,
 )
+from webhook.commands.mutate import mutate_command
 from webhook.config import Settings
-from webhook.mutate import mutate_command
 from webhook.review import decide, parse
 from webhook.rewrite import rewrite
 

@@ -1,6 +1,6 @@
 """A CA and a serving certificate for the webhook, made with `cryptography`.
 
-`istio-spiffe-webhook certs` writes, into `certs/` by default:
+`write_certificates` (behind `istio-spiffe-webhook certs`) writes, into `certs/` by default:
 
 - `ca.crt`, `ca.key`: a self-signed CA (CA:true, pathlen 0), ECDSA P-256;
 - `tls.crt`, `tls.key`: the serving certificate it signs, ECDSA P-256, for
@@ -30,13 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from webhook.cli import config_option, settings_from
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -85,13 +82,17 @@ def subject_alternative_names(
     """
     names: list[x509.GeneralName] = []
     for value in [*service_names(service, namespace), *extra_sans]:
-        name = _general_name(value)
+        name = general_name(value)
         if name not in names:
             names.append(name)
     return names
 
 
-def _general_name(value: str) -> x509.GeneralName:
+def general_name(value: str) -> x509.GeneralName:
+    """An IP address SAN for an IP address, else a DNS name SAN (lower case).
+
+    Raises ValueError naming a value that is neither.
+    """
     try:
         return x509.IPAddress(ipaddress.ip_address(value))
     except ValueError:
@@ -289,64 +290,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-@click.command("certs")
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Directory to write ca.crt, ca.key, tls.crt, tls.key and ca-bundle-patch.yaml to.",
-)
-@click.option("--service", default=None, help="Service name [default: Settings.service_name].")
-@click.option("--namespace", default=None, help="Namespace [default: Settings.namespace].")
-@click.option(
-    "--san",
-    "sans",
-    multiple=True,
-    metavar="NAME",
-    help="Extra subject alternative name, repeatable: an IP address or a DNS name.",
-)
-@click.option(
-    "--days",
-    type=click.IntRange(min=1, max=3650),
-    default=365,
-    show_default=True,
-    help="Validity of the CA and the serving certificate.",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
-@config_option
-def certs_command(
-    out: Path,
-    service: str | None,
-    namespace: str | None,
-    sans: tuple[str, ...],
-    days: int,
-    force: bool,
-    config: str | None,
-) -> None:
-    """Make a CA and a serving certificate for the webhook's Service."""
-    settings = settings_from(config)
-    for san in sans:
-        try:
-            _general_name(san)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--san") from None
-    try:
-        files = write_certificates(
-            out,
-            service=service or settings.service_name,
-            namespace=namespace or settings.namespace,
-            extra_sans=sans,
-            valid_days=days,
-            force=force,
-            webhook_configuration=settings.webhook_configuration,
-        )
-    except CertificatesExist as error:
-        raise click.ClickException(str(error)) from None
-    except OSError as error:
-        raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
-    for path in (files.ca_cert, files.ca_key, files.cert, files.key, files.ca_bundle_patch):
-        click.echo(f"wrote {path}")

@@ -1,23 +1,30 @@
-"""The command line. Each subcommand lives in the module that owns its work and is
-imported only when it runs, so `serve` never loads the `kubernetes` client."""
+"""The command line's root: `istio-spiffe-webhook` and its subcommands.
+
+Each subcommand lives in `webhook/commands/<name>.py` and is imported only when it runs,
+so `--help` stays fast and `serve` never loads the `kubernetes` client.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from webhook import __version__
 
+if TYPE_CHECKING:
+    from webhook.commands.options import config_option as config_option
+    from webhook.commands.options import settings_from as settings_from
+
 # name -> (module:attribute of the click command, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("webhook.server:serve_command", "Serve the admission webhook over TLS."),
-    "mutate": ("webhook.mutate:mutate_command", "Rewrite pods and workloads from a file."),
-    "certs": ("webhook.certs:certs_command", "Make a CA and a serving certificate."),
-    "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
-    "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
-    "policy": ("webhook.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
+    "mutate": ("webhook.commands.mutate:mutate_command", "Rewrite pods and workloads from a file."),
+    "certs": ("webhook.commands.certs:certs_command", "Make a CA and a serving certificate."),
+    "audit": ("webhook.commands.audit:audit_command", "List running pods that will not rotate."),
+    "doctor": ("webhook.commands.doctor:doctor_command", "Check the cluster's set-up."),
+    "policy": ("webhook.commands.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
     "template": (
         "webhook.commands.template:template_command",
         "Print the Istio injection template form.",
@@ -48,21 +55,9 @@ def main() -> None:
     """Make Istio sidecars take rotating certificates from a SPIFFE Workload API."""
 
 
-def settings_from(config: str | None, **overrides: Any) -> Any:
-    """Settings for a command, or a one-line error and exit status 1."""
-    from webhook.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-
-
-config_option = click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False),
-    default=None,
-    envvar="ISTIO_SPIFFE_WEBHOOK_CONFIG",
-    help="YAML config file (environment variables ISTIO_SPIFFE_WEBHOOK_* override it).",
-)
+def __getattr__(name: str) -> Any:
+    # webhook/server.py still imports these from here until issue 13 moves serve_command
+    # into webhook/commands/serve.py; loaded on first use so `--help` imports nothing more.
+    if name in ("config_option", "settings_from"):
+        return getattr(importlib.import_module("webhook.commands.options"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

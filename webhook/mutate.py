@@ -1,4 +1,4 @@
-"""`istio-spiffe-webhook mutate`: the webhook's rewrite, offline, on files and pipes.
+"""The webhook's rewrite, offline, on files and pipes (`istio-spiffe-webhook mutate`).
 
     istioctl kube-inject -f app.yaml | istio-spiffe-webhook mutate - > app.injected.yaml
 
@@ -17,7 +17,8 @@ every pod counts as being in an opted-in namespace (the pod opt-out label still 
 Output is in the input's format, key order kept. `--patch` prints one JSON array (RFC 6902)
 for a single document, with paths into that document (`/spec/template/...` for a workload,
 `/items/N/...` for a List); a stream of several documents is refused with `--patch`.
-Warnings go to stderr as `warning: ...`; bad input is one line `error: ...` and exit 1.
+`mutate_text` does all of it and returns the text and the warnings; bad input raises
+`BadInput`, whose message is the one line the user sees.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import yaml
 
-from webhook.cli import config_option
-from webhook.config import ConfigError, Settings, load_settings
+from webhook.config import Settings
 from webhook.rewrite import InvalidPod, Op, escape, rewrite
 
 # kind -> keys from the object to its pod template ("Pod" is the pod itself).
@@ -53,6 +52,14 @@ MAX_EXPANDED_VALUES = 10_000_000  # about 1 GB of output: far beyond any manifes
 
 class BadInput(Exception):
     """The input cannot be rewritten; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """What `mutate_text` made: the text to write, and the warnings (`Kind/name: ...`)."""
+
+    text: str
+    warnings: list[str]
 
 
 @dataclass(slots=True)
@@ -297,51 +304,33 @@ def dump(documents: list[Any], as_json: bool) -> str:
     )
 
 
-# --- The command -------------------------------------------------------------------------
+# --- All of it ---------------------------------------------------------------------------
 
 
-@click.command("mutate")
-@click.argument("source", metavar="[FILE|-]", default="-", required=False)
-@click.option(
-    "--patch",
-    is_flag=True,
-    help="Print the JSON Patch (one JSON array; [] when nothing to do) instead of the objects.",
-)
-@config_option
-def mutate_command(source: str, patch: bool, config: str | None) -> None:
-    """Rewrite Pods, workloads' pod templates and AdmissionReviews from FILE (or stdin).
+def mutate_text(text: str, name: str, settings: Settings, *, patch: bool = False) -> Mutation:
+    """Rewrite every document of `text` (JSON or YAML; `name` names it in messages).
 
-    Reads JSON or YAML (several documents, kind: List); writes the rewritten objects in the
-    same format, or with --patch one JSON array of RFC 6902 operations. Warnings go to
-    stderr. Exit status: 0 done, 1 bad input.
+    The text out is in the input's format, or with `patch` one JSON array: the patch into
+    the single document. Raises BadInput; RecursionError when a document nests deeper than
+    Python can walk.
     """
-    name = "stdin" if source == "-" else source
-    try:
-        settings = load_settings(config)
-        as_json, documents = parse_documents(read_source(source), name)
-        if patch and len(documents) > 1:
-            raise BadInput(
-                f"{name}: --patch needs a single document, the input has {len(documents)}"
-                " (wrap them in a kind: List, or run without --patch)"
-            )
-        many = len(documents) > 1
-        outcomes = [
-            process(doc, settings, f"{name}: document {n}" if many else name)
-            for n, doc in enumerate(documents, 1)
-        ]
-        text = (
-            json.dumps(outcomes[0].ops, indent=2) + "\n"
-            if patch
-            else dump([o.output for o in outcomes], as_json)
+    as_json, documents = parse_documents(text, name)
+    if patch and len(documents) > 1:
+        raise BadInput(
+            f"{name}: --patch needs a single document, the input has {len(documents)}"
+            " (wrap them in a kind: List, or run without --patch)"
         )
-    except (BadInput, ConfigError) as error:
-        raise click.ClickException(_one_line(error)) from None
-    except RecursionError:
-        raise click.ClickException(f"{name}: nested too deeply") from None
-    for outcome in outcomes:
-        for warning in outcome.warnings:
-            click.echo(f"warning: {warning}", err=True)
-    click.echo(text, nl=False)
+    many = len(documents) > 1
+    outcomes = [
+        process(doc, settings, f"{name}: document {n}" if many else name)
+        for n, doc in enumerate(documents, 1)
+    ]
+    output = (
+        json.dumps(outcomes[0].ops, indent=2) + "\n"
+        if patch
+        else dump([o.output for o in outcomes], as_json)
+    )
+    return Mutation(output, [warning for o in outcomes for warning in o.warnings])
 
 
 def _label(obj: Any, kind: Any) -> str:

@@ -197,7 +197,7 @@ class Tools:
     create_pod = staticmethod(create_pod)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tools() -> Tools:
     return Tools()
 
@@ -217,12 +217,6 @@ class Tally:
         yield
         cases[name] = right_so_far
 
-    def lines(self) -> list[str]:
-        return [
-            f"{form}: {sum(cases.values())}/{len(cases)} pods"
-            for form, cases in sorted(self.cases.items())
-        ]
-
 
 TALLY = Tally()
 
@@ -233,11 +227,9 @@ def tally() -> Tally:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Each process (one per xdist worker) writes its cases next to E2E_REPORT; make e2e
+    adds them up (tests/e2e/shapes.py: summary_lines)."""
     report = os.environ.get("E2E_REPORT")
     if report and TALLY.cases:
-        Path(report).write_text(json.dumps(TALLY.lines()))
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for line in TALLY.lines():
-        terminalreporter.write_line(line)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        Path(f"{report}.{worker}.json").write_text(json.dumps(TALLY.cases))

@@ -86,3 +86,13 @@ def plain_pod(name: str) -> dict[str, Any]:
         },
         "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
     }
+
+
+def summary_lines(report: Path) -> list[str]:
+    """`FORM: RIGHT/ALL pods` from the case files every pytest process wrote."""
+    cases: dict[str, dict[str, bool]] = {}
+    for part in sorted(report.parent.glob(f"{report.name}.*.json")):
+        for form, results in json.loads(part.read_text()).items():
+            for name, right in results.items():
+                cases.setdefault(form, {})[name] = cases.get(form, {}).get(name, True) and right
+    return [f"{form}: {sum(c.values())}/{len(c)} pods" for form, c in sorted(cases.items())]

@@ -193,6 +193,8 @@ def cluster() -> Iterator[Cluster]:
         # rewritten (bounded).
         for _ in range(90):
             probe = state.dry_run(FIXTURES["hello--0"], state.opted_in)
+            if isinstance(probe, str):  # refused: waiting longer would not help
+                pytest.fail(f"the API server refused a probe pod under the policy: {probe}")
             labels = probe.get("metadata", {}).get("labels", {}) if isinstance(probe, dict) else {}
             if labels.get(settings.identity_label) == settings.identity_label_value:
                 break

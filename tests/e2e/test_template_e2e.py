@@ -34,7 +34,7 @@ For each case:
   it as it is, and must refuse the template's result too; only the API server judges those,
   so without KUBECONFIG they are skipped.
 `make e2e` prints `template: N/N pods` (default settings) and `template (changed settings):
-N/N pods`, counting the cases that passed.
+N/N pods`, counting the cases that passed (the tally of tests/e2e/conftest.py).
 
 Environment (defaults: where build.sh puts them under ${XDG_CACHE_HOME:-~/.cache}):
 - `KUBE_SRC`: the Kubernetes tree (`kube-1.36/build/src`);
@@ -344,32 +344,41 @@ def outcomes(templatecheck: Path) -> Outcomes:
 # --- The API server (with KUBECONFIG) ----------------------------------------------------------
 
 
+@dataclass
+class ApiServer:
+    tools: Any  # tests/e2e/conftest.py's Tools
+    namespace: str  # did not opt in
+
+    def dry_run(self, pod: dict[str, Any]) -> dict[str, Any] | str:
+        """The pod the API server would store, or its refusal as text."""
+        stored: dict[str, Any] | str = self.tools.create_pod(
+            pod, self.namespace, dry_run=True, prefix="template-"
+        )
+        return stored
+
+
 @pytest.fixture(scope="module")
-def plain_namespace() -> Iterator[str | None]:
+def api_server(tools: Any) -> Iterator[ApiServer | None]:
     """A namespace that did not opt in (privileged: Istio's pods need NET_ADMIN), or None
     without KUBECONFIG."""
     if not os.environ.get("KUBECONFIG"):
         yield None
         return
-    from tests.e2e.conftest import kubectl, wait_for_default_service_account
+    from tests.e2e.conftest import wait_for_default_service_account
 
-    reached = kubectl("version", "-o", "json", check=False, timeout=30)
+    reached = tools.kubectl("version", "-o", "json", check=False, timeout=30)
     if reached.returncode != 0 or "serverVersion" not in reached.stdout:
         pytest.fail(f"cannot reach the cluster of KUBECONFIG: {reached.stderr.strip()}")
     name = f"isw-template-e2e-{os.urandom(4).hex()}"
-    kubectl("create", "namespace", name)
+    tools.kubectl("create", "namespace", name)
     try:
-        kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=privileged")
+        tools.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=privileged")
         wait_for_default_service_account(name)
-        yield name
+        yield ApiServer(tools, name)
     finally:
-        kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
-
-
-def dry_run(pod: dict[str, Any], namespace: str) -> dict[str, Any] | str:
-    from tests.e2e.conftest import create_pod
-
-    return create_pod(pod, namespace, dry_run=True, prefix="template-")
+        tools.kubectl(
+            "delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False
+        )
 
 
 # --- The tests -------------------------------------------------------------------------------
@@ -377,9 +386,9 @@ def dry_run(pod: dict[str, Any], namespace: str) -> dict[str, Any] | str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.key for c in CASES])
 def test_template_applied_as_istiod_does_gives_the_webhooks_rewrite(
-    case: Case, outcomes: Outcomes, plain_namespace: str | None, tally: Any
+    case: Case, outcomes: Outcomes, api_server: ApiServer | None, tally: Any
 ) -> None:
-    if case.proxy_twice and plain_namespace is None:
+    if case.proxy_twice and api_server is None:
         pytest.skip("istio-proxy twice: only the API server judges this pod (set KUBECONFIG)")
     with tally.case(FORMS[case.settings_id], case.name):
         outcome = outcomes.template[case.key]
@@ -393,16 +402,16 @@ def test_template_applied_as_istiod_does_gives_the_webhooks_rewrite(
         again = outcomes.again[case.key]["pod"]
         assert again == result, differences(again, result)
         if case.proxy_twice:
-            assert plain_namespace is not None
-            refused = dry_run(case.pod, plain_namespace)
+            assert api_server is not None
+            refused = api_server.dry_run(case.pod)
             assert isinstance(refused, str), "Istio's pod with istio-proxy twice was accepted"
-            assert isinstance(dry_run(result, plain_namespace), str)
+            assert isinstance(api_server.dry_run(result), str)
             return
         webhook = outcomes.webhook[case.key]["pod"]
         ours, theirs = merge_positions_ignored(result), merge_positions_ignored(webhook)
         assert ours == theirs, differences(ours, theirs)
-        if plain_namespace is not None and case.settings_id == "default":
-            stored = dry_run(result, plain_namespace)
+        if api_server is not None and case.settings_id == "default":
+            stored = api_server.dry_run(result)
             assert isinstance(stored, dict), stored
 
 

@@ -34,7 +34,7 @@ if os.environ.get("E2E") != "1" or not os.environ.get("KUBECONFIG"):
     )
 
 from tests.e2e.shapes import e2e_pods, plain_pod
-from tests.oracle import assert_contract_holds, expected
+from tests.oracle import assert_contract_holds, expected, in_scope
 from webhook.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -135,17 +135,24 @@ def wait_until_rewriting(tools: Any, namespace: str) -> None:
     pytest.fail(f"the webhook did not rewrite a probe pod within 120 s: {probe}")
 
 
+def refused_fields(message: str) -> list[str]:
+    """The fields an API server refusal names, without list indexes (the rewrite removes a
+    volume, so the same volume can sit at another index)."""
+    return [re.sub(r"\[\d+\]", "[]", f) for f in re.findall(r"spec\.[\w.\[\]]+", message)]
+
+
 def check(namespaces: Namespaces, tools: Any, source: str, name: str, *, dry_run: bool) -> None:
     want = namespaces.oracle(source, name)
     got = tools.create_pod(pod_of(source, name), namespaces.opted_in, dry_run=dry_run)
     if isinstance(want, str):
         # Refused without the webhook: it must be refused with it too, for the same field.
         assert isinstance(got, str), f"{name}: accepted with the webhook, refused without: {want}"
-        assert re.findall(r"spec\.[\w.\[\]]+", got) == re.findall(r"spec\.[\w.\[\]]+", want)
+        assert refused_fields(got) == refused_fields(want)
         return
     assert isinstance(got, dict), got
     assert normalized(got) == normalized(want)
-    assert_contract_holds(got, SETTINGS)
+    if in_scope(got, SETTINGS):
+        assert_contract_holds(got, SETTINGS)
 
 
 SOURCES = ["injector", "injected"]

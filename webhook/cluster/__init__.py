@@ -1,5 +1,6 @@
-"""Everything that talks to a Kubernetes API server: `audit` and `doctor`.
+"""Everything that talks to a Kubernetes API server: the audit and the doctor.
 
-This package is the only place that imports the `kubernetes` client, and only when one of
-its commands runs (see `webhook.cli.COMMANDS`), so `serve` and `mutate` never load it.
+This package is the only place that imports the `kubernetes` client, and only inside the
+functions that call the API; its commands (`webhook.commands.audit`, `.doctor`) load only
+when they run (see `webhook.cli.COMMANDS`), so `serve` and `mutate` never load it.
 """

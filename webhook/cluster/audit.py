@@ -1,4 +1,4 @@
-"""`istio-spiffe-webhook audit`: running pods whose Istio certificates will not rotate.
+"""The audit: running pods whose Istio certificates will not rotate (`run_audit`).
 
 A pod is a finding when `webhook.rewrite.rewrite()` would change it: the same rule the
 webhook applies, so `Result.reasons` says what is wrong and nothing else decides it. Pods
@@ -11,34 +11,21 @@ A finding in a namespace labelled for the webhook that Istio injected
 was down, installed later, or ran before Istio's injector without reinvocation. Those are
 listed apart, because restarting fixes the pods but `doctor` finds the cause.
 
-Exit status: 0 nothing to fix, 1 something to fix, 2 the cluster cannot be reached or
-access is denied.
+`webhook.commands.audit` prints the report and sets the exit status.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
-from webhook.cli import config_option, settings_from
-from webhook.cluster.client import (
-    Cluster,
-    Json,
-    context_option,
-    dump,
-    kubeconfig_option,
-    load_api_client,
-)
+from webhook.cluster.client import Cluster, Json
 from webhook.config import Settings
 from webhook.rewrite import InvalidPod, rewrite
 
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 FINISHED_PHASES = ("Succeeded", "Failed")
-TABLE_NAMES = 5  # pod names shown per line of the table (JSON and YAML list them all)
 
 
 @dataclass
@@ -74,51 +61,6 @@ class Owner:
             else:
                 notes.append(f"delete the pods: the {self.kind} replaces them")
         return commands, "; ".join(notes)
-
-
-@click.command("audit")
-@click.option("-n", "--namespace", default=None, help="Only this namespace.")
-@click.option(
-    "-A", "--all-namespaces", "all_namespaces", is_flag=True, help="Every namespace (default)."
-)
-@click.option("-l", "--selector", default=None, help="Only pods matching this label selector.")
-@click.option(
-    "--only-opted-in",
-    is_flag=True,
-    help="Skip namespaces that are not labelled for the webhook.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-)
-@kubeconfig_option
-@context_option
-@config_option
-def audit_command(
-    namespace: str | None,
-    all_namespaces: bool,
-    selector: str | None,
-    only_opted_in: bool,
-    output: str,
-    kubeconfig: str | None,
-    context: str | None,
-    config: str | None,
-) -> None:
-    """List running pods with istio-proxy whose certificates will not rotate.
-
-    Exit status: 0 nothing to fix, 1 something to fix, 2 the cluster cannot be reached or
-    access is denied.
-    """
-    if namespace is not None and all_namespaces:
-        raise click.UsageError("use either --namespace or --all-namespaces")
-    settings: Settings = settings_from(config)
-    cluster = Cluster(load_api_client(kubeconfig, context))
-    report = run_audit(cluster, settings, namespace, selector, only_opted_in)
-    click.echo(dump(report, output) if output != "table" else table(report))
-    sys.exit(1 if report["podsToFix"] or report.get("unreadablePods") else 0)
 
 
 def run_audit(
@@ -262,47 +204,3 @@ def _controller(metadata: Json) -> Json | None:
         if isinstance(ref, dict) and ref.get("controller") is True:
             return ref
     return None
-
-
-def table(report: Json) -> str:
-    """The report for people: one block per owner, its fix, then the missed pods."""
-    if not report["podsToFix"] and not report.get("unreadablePods"):
-        return (
-            f"All good: none of the {report['podsChecked']} running pods checked needs a"
-            " restart to rotate its certificates."
-        )
-    lines = [
-        f"{report['podsToFix']} of {report['podsChecked']} running pods run istio-proxy with"
-        " certificates that will not rotate:",
-        "",
-    ]
-    missed: list[str] = []
-    for group in report["owners"]:
-        lines.append(f"{group['namespace']}  {group['kind']}/{group['name']}")
-        # Replicas share their reasons: say them once per set of pods.
-        by_reasons: dict[tuple[str, ...], list[str]] = {}
-        for pod in group["pods"]:
-            by_reasons.setdefault(tuple(pod["reasons"]), []).append(pod["name"])
-            if pod["missedByWebhook"]:
-                missed.append(f"  {group['namespace']}/{pod['name']}")
-        for reasons, names in by_reasons.items():
-            shown = ", ".join(names[:TABLE_NAMES])
-            more = f" and {len(names) - TABLE_NAMES} more" if len(names) > TABLE_NAMES else ""
-            lines.append(f"  pod{'s' if len(names) > 1 else ''} {shown}{more}")
-            lines.extend(f"    - {reason}" for reason in reasons)
-        for command in group["fix"]:
-            lines.append(f"  fix: {command}")
-        if group["note"]:
-            lines.append(f"  note: {group['note']}")
-        lines.append("")
-    if missed:
-        lines.append(
-            "Missed by the webhook (Istio injected them in a namespace labelled for the webhook,"
-            " but they lack the identity label):"
-        )
-        lines.extend(missed)
-        lines.append("  find out why with: istio-spiffe-webhook doctor")
-        lines.append("")
-    for pod in report.get("unreadablePods", []):
-        lines.append(f"skipped {pod['namespace']}/{pod['name']}: {pod['error']}")
-    return "\n".join(lines).rstrip("\n")

@@ -7,7 +7,7 @@ the in-cluster service account when running in a pod, then `~/.kube/config`.
 Objects are read as plain JSON (`_preload_content=False`), exactly as the API server sends
 them, so the rewrite judges the same dicts the webhook sees and no field is lost to a
 client model. Every call has a timeout; a refused connection, a TLS failure, 401 and 403
-become `ClusterError` (exit status 2 in the commands), never a traceback.
+become `ClusterError` (the commands exit with status 2 on it), never a traceback.
 """
 
 from __future__ import annotations
@@ -20,21 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
-
 # (connect, read) seconds for every API call: a hung API server cannot hang the command.
 REQUEST_TIMEOUT = (5.0, 30.0)
 PAGE_SIZE = 500
 MAX_PAGES = 10_000  # bounds the pagination loop (5 million objects)
-EXIT_CLUSTER = 2
 
 Json = dict[str, Any]
 
 
-class ClusterError(click.ClickException):
-    """The cluster cannot be reached, or the API refused us: exit status 2, one line."""
-
-    exit_code = EXIT_CLUSTER
+class ClusterError(Exception):
+    """The cluster cannot be reached, or the API refused us; the message is one line."""
 
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
@@ -181,23 +176,3 @@ def _reason(error: Exception) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-kubeconfig_option = click.option(
-    "--kubeconfig",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="kubeconfig file (default: $KUBECONFIG, in-cluster, then ~/.kube/config).",
-)
-context_option = click.option(
-    "--context", default=None, help="kubeconfig context (default: the current context)."
-)
-
-
-def dump(data: Any, output: str) -> str:
-    """`data` as the JSON or YAML document `-o json|yaml` prints."""
-    if output == "yaml":
-        import yaml
-
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
-    return json.dumps(data, indent=2)

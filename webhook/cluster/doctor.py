@@ -1,9 +1,8 @@
-"""`istio-spiffe-webhook doctor`: is the cluster set up so that new pods rotate?
+"""The doctor's checks (`Doctor.run`): is the cluster set up so that new pods rotate?
 
 Each check is pass, warn or fail, with the fix. The webhook form is checked when its
 MutatingWebhookConfiguration is installed; the MutatingAdmissionPolicy form when only the
-policy is. Exit status: 0 no fail (warnings allowed), 1 a check failed, 2 the cluster
-cannot be reached or access is denied.
+policy is. `webhook.commands.doctor` prints the report and sets the exit status.
 """
 
 from __future__ import annotations
@@ -11,21 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import click
-
-from webhook.cli import config_option, settings_from
-from webhook.cluster.client import (
-    Cluster,
-    Json,
-    context_option,
-    dump,
-    kubeconfig_option,
-    load_api_client,
-)
+from webhook.cluster.client import Cluster, Json
 from webhook.config import Settings
 from webhook.policy import POLICY_NAME
 
@@ -42,57 +30,6 @@ class Check:
     status: str
     message: str
     fix: str = ""
-
-
-@click.command("doctor")
-@click.option(
-    "--trust-domain",
-    default=None,
-    help="Expected SPIFFE trust domain; checked against Istio's mesh config.",
-)
-@click.option(
-    "--istio-namespace",
-    default="istio-system",
-    show_default=True,
-    help="Where Istio's mesh config ConfigMap lives.",
-)
-@click.option(
-    "--tls-secret",
-    default=TLS_SECRET,
-    show_default=True,
-    help="Secret (in the webhook's namespace) holding the serving certificate as tls.crt.",
-)
-@click.option(
-    "--policy-name",
-    default=POLICY_NAME,
-    show_default=True,
-    help="Name of the MutatingAdmissionPolicy (as given to `policy --name`).",
-)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@kubeconfig_option
-@context_option
-@config_option
-def doctor_command(
-    trust_domain: str | None,
-    istio_namespace: str,
-    tls_secret: str,
-    policy_name: str,
-    output: str,
-    kubeconfig: str | None,
-    context: str | None,
-    config: str | None,
-) -> None:
-    """Check the cluster's set-up: CSI driver, webhook or policy, certificates, ordering.
-
-    Exit status: 0 no check failed, 1 a check failed, 2 the cluster cannot be reached or
-    access is denied.
-    """
-    settings: Settings = settings_from(config)
-    cluster = Cluster(load_api_client(kubeconfig, context))
-    doctor = Doctor(cluster, settings, tls_secret, istio_namespace, policy_name)
-    report = doctor.run(trust_domain)
-    click.echo(dump(report, "json") if output == "json" else table(report))
-    sys.exit(1 if report["summary"][FAIL] else 0)
 
 
 class Doctor:
@@ -672,19 +609,3 @@ def _issued_by(certificate: Any, issuer: Any) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
-
-
-def table(report: Json) -> str:
-    width = max(len(ch["name"]) for ch in report["checks"])
-    lines = []
-    for ch in report["checks"]:
-        lines.append(f"{ch['status'].upper():<4}  {ch['name']:<{width}}  {ch['message']}")
-        if ch["fix"] and ch["status"] != PASS:
-            lines.append(f"{'':<4}  {'':<{width}}  fix: {ch['fix']}")
-    summary = report["summary"]
-    lines.append("")
-    lines.append(
-        f"form: {report['form'] or 'none installed'}; {summary[PASS]} pass,"
-        f" {summary[WARN]} warn, {summary[FAIL]} fail"
-    )
-    return "\n".join(lines)

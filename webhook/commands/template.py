@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from webhook.cli import config_option, settings_from
+from webhook.commands.options import config_option, settings_from
 from webhook.template import (
     DNS_LABEL,
     GATEWAY_SUFFIX,
