@@ -23,6 +23,7 @@ FORBIDDEN = ("click", *COMMAND_LAYER)
 DOMAIN_MODULES = [
     "webhook.rewrite",
     "webhook.policy",
+    "webhook.template",
     "webhook.certs",
     "webhook.mutate",
     "webhook.cluster.client",

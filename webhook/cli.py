@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("webhook.commands.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.commands.doctor:doctor_command", "Check the cluster's set-up."),
     "policy": ("webhook.commands.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
+    "template": (
+        "webhook.commands.template:template_command",
+        "Print the Istio injection template form.",
+    ),
 }
 
 
