@@ -7,6 +7,8 @@ No API server runs here, so the policy is checked four ways:
 - its CEL evaluated by the CEL C++ implementation (`cel-expr-python`) on every fixture pod
   and on generated pods, the patch applied with `jsonpatch` and compared with the oracle;
   the Kubernetes-only parts of the CEL environment are a small shim (below);
+- its text, for the one construct that panics kube-apiserver 1.36 and that no CEL
+  evaluation here can show: a typed `Object...{}` construction inside a list value;
 - `tests/e2e/test_policy_e2e.py` against a real 1.36 API server (E2E=1).
 
 Regenerate the golden files after an intended change with:
@@ -298,8 +300,9 @@ def test_policy_command_rejects_bad_input_in_one_line(
 
 # --- The CEL, evaluated -------------------------------------------------------------------
 # cel-expr-python wraps the CEL C++ implementation (cel-cpp), here with only the two-variable
-# comprehensions and optional types that Kubernetes has had since 1.32 (not the lists
-# extension: `flatten()` and `lists.range()` are not in 1.34's CEL for new expressions). What
+# comprehensions, optional types and the strings extension that Kubernetes has had since 1.32
+# (not the lists extension: `flatten()` and `lists.range()` are not in 1.34's CEL for new
+# expressions). What
 # only Kubernetes has is shimmed: `object` and `variables` are dyn, `jsonpatch.escapeKey`
 # is RFC 6901 escaping, and typed constructions (`JSONPatch{op: ...}`,
 # `Object.spec.volumes{name: ...}`, with `?field:` entries) become map literals with the
@@ -387,6 +390,7 @@ class PolicyEvaluator:
             "extensions:\n"
             "  - name: cel.lib.ext.comprev2\n"
             "  - name: optional\n"
+            "  - name: cel.lib.ext.strings\n"
         )
         escape_key = cel.FunctionDecl(
             "jsonpatch.escapeKey",
@@ -682,6 +686,118 @@ def test_struct_literal_shim_rewrites_only_typed_constructions() -> None:
     )
     with pytest.raises(AssertionError):
         struct_literals_to_maps("Object.spec.volumes{csi: Object.spec.csi{}}")
+
+
+# --- What the API server's CEL must never see -------------------------------------------
+# kube-apiserver 1.36 panics when a JSON patch value is a list holding a typed `Object...{}`
+# construction (its ConvertToNative answers *structpb.Struct where a list element must be a
+# *structpb.Value; kubernetes#142181), e.g. `object.spec.volumes.map(v, c ? Object...{} : v)`
+# or `[Object...{}]` alone, and the panic fails every pod in scope. cel-cpp cannot show it,
+# so this is checked on the text: a typed construction is only ever the whole value of a
+# JSONPatch, or of a field of another typed construction.
+
+
+def misplaced_typed_constructions(expression: str) -> list[str]:
+    """The typed constructions of `expression` that are not a whole JSONPatch value or the
+    whole value of a typed construction's field, each with the text that leads to it."""
+    misplaced: list[str] = []
+    # Open brackets: (typed construction name or None, its current field, where that
+    # field's value starts, whether this construction must be followed by `,` or `}`).
+    stack: list[tuple[str | None, str | None, int, bool]] = []
+    entry_start = False
+    i = 0
+    while i < len(expression):
+        char = expression[i]
+        if char == '"':
+            end = i + 1
+            while expression[end] != '"':
+                end += 2 if expression[end] == "\\" else 1
+            i, entry_start = end + 1, False
+            continue
+        ident = IDENT.match(expression, i)
+        if ident and (i == 0 or not re.match(r"[\w.]", expression[i - 1])):
+            name = ident.group()
+            after = ident.end()
+            while after < len(expression) and expression[after].isspace():
+                after += 1
+            typed = name == "JSONPatch" or name.startswith("Object")
+            if typed and after < len(expression) and expression[after] == "{":
+                whole_value = False
+                if name != "JSONPatch":
+                    parent = stack[-1] if stack else None
+                    whole_value = (
+                        parent is not None
+                        and parent[0] is not None
+                        and (parent[0] != "JSONPatch" or parent[1] == "value")
+                        and not expression[parent[2] : i].strip()
+                    )
+                    if not whole_value:
+                        misplaced.append(expression[max(0, i - 60) : after + 1])
+                stack.append((name, None, after + 1, whole_value))
+                i, entry_start = after + 1, True
+                continue
+            if entry_start and stack and stack[-1][0] is not None:
+                colon = re.compile(r"\s*:").match(expression, ident.end())
+                assert colon, expression[i : i + 40]
+                frame = stack.pop()
+                stack.append((frame[0], name, colon.end(), frame[3]))
+                i, entry_start = colon.end(), False
+                continue
+            i, entry_start = ident.end(), False
+            continue
+        if char in "([{":
+            stack.append((None, None, i + 1, False))
+        elif char in ")]}":
+            name, _, _, whole_value = stack.pop()
+            rest = expression[i + 1 :].lstrip()
+            if whole_value and rest[:1] not in (",", "}"):
+                misplaced.append(f"{name}{{...}} followed by {rest[:20]!r}")
+        elif char == "," and stack and stack[-1][0] is not None:
+            entry_start = True
+            i += 1
+            continue
+        if not char.isspace() and not (char == "?" and entry_start):
+            entry_start = False
+        i += 1
+    return misplaced
+
+
+@pytest.mark.parametrize("settings", [DEFAULT, CUSTOM], ids=["default", "custom"])
+def test_typed_constructions_are_only_whole_patch_values_never_list_items(
+    settings: Settings,
+) -> None:
+    spec = render_policy(settings)[0]["spec"]
+    [mutation] = spec["mutations"]
+    expression = mutation["jsonPatch"]["expression"]
+    assert expression.count("Object.") >= 6
+    assert misplaced_typed_constructions(expression) == []
+    # Variables cannot use the types at all (only mutations can).
+    assert [v["name"] for v in spec["variables"] if "Object." in v["expression"]] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # The reduced form of issue 10's panic, and the shapes of the render it panicked on.
+        'object.spec.volumes.map(v, v.name == "x" ? Object.spec.volumes{name: "x"} : v)',
+        'object.spec.volumes.filter(v, v.name != "x") + [Object.spec.volumes{name: "x"}]',
+        '[Object.spec.volumes{name: "x"}]',
+        'c ? Object.spec.volumes{name: "x"} : object.spec.volumes[0]',
+        'Object.spec.volumes{name: "x"} == v ? 1 : 2',
+    ],
+)
+def test_misplaced_typed_construction_check_finds_typed_items_in_lists(value: str) -> None:
+    expression = f'[JSONPatch{{op: "add", path: "/spec/volumes", value: {value}}}]'
+    assert len(misplaced_typed_constructions(expression)) == 1
+
+
+def test_misplaced_typed_construction_check_accepts_whole_values_and_their_fields() -> None:
+    expression = (
+        '[JSONPatch{op: "add", path: "/spec/volumes/-", value: Object.spec.volumes{'
+        'name: "x", csi: Object.spec.volumes.csi{driver: "d", readOnly: true}}}]'
+        ' + object.spec.volumes.map(v, JSONPatch{op: "remove", path: "/spec/volumes/0"})'
+    )
+    assert misplaced_typed_constructions(expression) == []
 
 
 # --- Switching between the two forms ----------------------------------------------------
