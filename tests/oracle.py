@@ -91,22 +91,31 @@ def expected(pod: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 ]
             if container.get("name") != settings.proxy_container:
                 continue
+            # The certificates mounts are gone already. The first mount at the socket's path
+            # becomes the socket mount, and later ones at that path go; else the first socket
+            # mount moves there; else one is added. Every socket mount is read-only.
             mounts = container.get("volumeMounts") or []
-            first = True
+            at_path = [
+                m
+                for m in mounts
+                if isinstance(m, dict) and m.get("mountPath") == settings.socket_mount_path
+            ]
+            of_socket = [
+                m for m in mounts if isinstance(m, dict) and m.get("name") == settings.socket_volume
+            ]
+            if at_path:
+                at_path[0]["name"] = settings.socket_volume
+                dropped = [id(m) for m in at_path[1:]]
+                mounts = [m for m in mounts if id(m) not in dropped]
+            elif of_socket:
+                of_socket[0]["mountPath"] = settings.socket_mount_path
+            else:
+                mounts.append(
+                    {"name": settings.socket_volume, "mountPath": settings.socket_mount_path}
+                )
             for mount in mounts:
                 if isinstance(mount, dict) and mount.get("name") == settings.socket_volume:
-                    if first:
-                        mount["mountPath"] = settings.socket_mount_path
-                        first = False
                     mount["readOnly"] = True
-            if first:
-                mounts.append(
-                    {
-                        "name": settings.socket_volume,
-                        "mountPath": settings.socket_mount_path,
-                        "readOnly": True,
-                    }
-                )
             container["volumeMounts"] = mounts
 
             wanted = {
@@ -148,10 +157,10 @@ def assert_contract_holds(pod: dict[str, Any], settings: Settings) -> None:
             names = [m.get("name") for m in container.get("volumeMounts") or []]
             assert settings.certs_volume not in names, container.get("name")
     for proxy in proxies(pod, settings):
-        socket_mounts = [
-            m for m in proxy["volumeMounts"] if m.get("name") == settings.socket_volume
-        ]
-        assert socket_mounts[0]["mountPath"] == settings.socket_mount_path
+        mounts = proxy["volumeMounts"]
+        at_path = [m for m in mounts if m.get("mountPath") == settings.socket_mount_path]
+        assert [m.get("name") for m in at_path] == [settings.socket_volume]
+        socket_mounts = [m for m in mounts if m.get("name") == settings.socket_volume]
         assert all(m["readOnly"] is True for m in socket_mounts)
         for name, value in (
             (settings.cert_provider_env, settings.cert_provider),

@@ -14,7 +14,7 @@ How the CEL agrees with the webhook (facts measured on a real kube-apiserver 1.3
   webhook's namespace), and the pod opt-out label (checked again in CEL, as `rewrite()`
   does).
 - The patch is made of the webhook's kinds of operation, at indexes of `object` (the pod
-  before the patch): per-field `add`s on the socket mount (mountPath, readOnly),
+  before the patch): per-field `add`s on the socket mount (name, mountPath, readOnly),
   `replace` of the socket volume and of the env variables' first entries, then the
   removals, each index less the removals before it in the same list, then the appends. So
   the pod comes out exactly as the webhook would leave it, and a second run changes
@@ -122,25 +122,34 @@ _VARIABLES = (
     ("socketVolumeIndexes", "variables.volumes.transformList(i, v, v.name == $socket, i)"),
 )
 
-# Per container of $list: the index of the proxy's first socket mount, which moves to the
-# socket's path, -1 when one is to be appended (and for other containers).
+# Per container of $list: the index of the mount that is or becomes the proxy's socket mount
+# (the first at the socket's path that is not of the certificates volume, else the first of
+# the socket volume), -1 when one is to be appended (and for other containers).
 _SOCKET_MOUNTS = """\
 variables.$list.map(c, c.name == $proxy && has(c.volumeMounts)
-  ? (c.volumeMounts.transformList(j, m, m.name == $socket, j) + [-1])[0]
+  ? (c.volumeMounts.transformList(j, m, m.mountPath == $mount_path && m.name != $certs, j)
+      + c.volumeMounts.transformList(j, m, m.name == $socket, j) + [-1])[0]
   : -1)"""
 
-# Per container of $list, JSON Pointers (flattened below): the proxy's socket mounts,
-# whose readOnly is set ...
+# Per container of $list, JSON Pointers (flattened below): the proxy's socket mounts after
+# the rewrite, whose readOnly is set ...
 _READ_ONLY_PATHS = """\
 c.name == $proxy && has(c.volumeMounts)
-  ? c.volumeMounts.transformList(j, m, m.name == $socket,
+  ? c.volumeMounts.transformList(j, m,
+      j == variables.${list}SocketMounts[i]
+        || (m.name == $socket && m.mountPath != $mount_path),
       "/spec/$list/" + string(i) + "/volumeMounts/" + string(j) + "/readOnly")
   : []"""
 
 # ... and the entries removed, in order, each index less the removals before it: every mount
-# of the certificates volume, and repeated env entries of the variables the proxy gets.
+# of the certificates volume, further mounts at the socket's path in the proxy, and repeated
+# env entries of the variables the proxy gets.
 _REMOVED_PATHS = """\
-(has(c.volumeMounts) ? c.volumeMounts : []).transformList(j, m, m.name == $certs, j)
+(has(c.volumeMounts) ? c.volumeMounts : []).transformList(j, m,
+    m.name == $certs
+      || (c.name == $proxy && m.mountPath == $mount_path
+        && j != variables.${list}SocketMounts[i]),
+    j)
   .transformList(n, j, "/spec/$list/" + string(i) + "/volumeMounts/" + string(j - n))
 + (c.name == $proxy && has(c.env) ? c.env : []).transformList(j, e,
     (e.name == $provider_env || e.name == $ca_env)
@@ -188,8 +197,8 @@ _VOLUMES_PATCHES = """\
   JSONPatch{op: "add", path: "/spec/volumes/-", value: $socket_volume}
 ])"""
 
-# Per list of containers, on its proxies, before any removal: the socket mount's path, and
-# the env variables' first entries (which replace keeps in place).
+# Per list of containers, on its proxies, before any removal: the socket mount's name and
+# path, and the env variables' first entries (which replace keeps in place).
 _MOUNT_FIELD_PATCHES = """\
 variables.$list.transformList(i, c, c.name == $proxy && variables.${list}SocketMounts[i] >= 0,
   JSONPatch{
@@ -293,6 +302,7 @@ def patch_expression(settings: Settings) -> str:
     steps = [
         [Template(_VOLUMES_PATCHES).substitute(lit, socket_volume=socket_volume)],
         [
+            *per_list(_MOUNT_FIELD_PATCHES, field="name", value=lit["socket"]),
             *per_list(_MOUNT_FIELD_PATCHES, field="mountPath", value=lit["mount_path"]),
             'variables.readOnlyMountPaths.map(p, JSONPatch{op: "add", path: p, value: true})',
         ],
