@@ -7,7 +7,10 @@ opt-out label), with the default and with non-default Settings:
 - the result is exactly `tests.oracle.expected(pod)`, so nothing off the contract changed;
 - `rewrite()` did not touch the pod it was given;
 - a second pass yields no operations;
-- the result loads into a `kubernetes.client.V1Pod`.
+- the result loads into a `kubernetes.client.V1Pod`;
+- the API server's checks the rewrite can affect pass (`tests.oracle.api_server_problems`:
+  generated pods are often invalid before the rewrite, so it must add no problem and leave
+  none on the names and paths it sets).
 And every fixture pod, with its containers, init containers and volumes reordered, gets the
 same rewrite as the original (modulo that order).
 """

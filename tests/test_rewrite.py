@@ -9,7 +9,14 @@ import jsonpatch
 import pytest
 from kubernetes.client import ApiClient, V1Pod
 
-from tests.oracle import all_fixture_pods, assert_rewritten, istio_pods
+from tests.oracle import (
+    Problem,
+    all_fixture_pods,
+    api_server_problems,
+    assert_api_server_accepts,
+    assert_rewritten,
+    istio_pods,
+)
 from webhook.config import Settings
 from webhook.rewrite import InvalidPod, Result, rewrite
 
@@ -606,6 +613,8 @@ def test_configured_opt_out_label_is_honoured() -> None:
 @pytest.mark.parametrize("name", sorted(all_fixture_pods()))
 def test_every_fixture_is_rewritten_to_the_contract_and_loads_as_v1pod(name: str) -> None:
     original = all_fixture_pods()[name]
+    # Valid for the API server's checks before, so check() proves it is valid after.
+    assert api_server_problems(original, SETTINGS) == set()
     result = check(original)
     patched = jsonpatch.apply_patch(original, result.ops)
     loaded = to_v1pod(patched)
@@ -686,3 +695,53 @@ def test_a_pod_that_is_not_an_object_is_invalid() -> None:
     with pytest.raises(InvalidPod) as caught:
         rewrite([], SETTINGS)  # type: ignore[arg-type]
     assert str(caught.value) == "pod: must be a JSON object"
+
+
+# --- the API server's checks (tests.oracle), on their own -----------------------------------
+
+
+def test_api_server_check_finds_the_two_mounts_at_one_path_of_the_old_rule() -> None:
+    proxy = istio_proxy()
+    proxy["volumeMounts"].insert(0, SPIRE_MOUNT)
+    original = pod(containers=[APP, proxy], volumes=[CSI, {"name": "workload-certs"}])
+    # The rule before issue 10 moved the first socket mount to the socket's path.
+    moved = {
+        "op": "add",
+        "path": "/spec/containers/1/volumeMounts/0/mountPath",
+        "value": SOCKET_PATH,
+    }
+    old_result = jsonpatch.apply_patch(original, [moved])
+    assert api_server_problems(original, SETTINGS) == set()
+    assert api_server_problems(old_result, SETTINGS) == {
+        Problem("mountPath twice", "containers[1]", SOCKET_PATH, owned=True)
+    }
+    with pytest.raises(AssertionError, match="the rewrite made the pod invalid"):
+        assert_api_server_accepts(original, old_result, SETTINGS)
+
+
+def test_api_server_check_names_each_rule_and_what_the_rewrite_owns() -> None:
+    proxy = compliant_proxy()
+    proxy["env"] += [PILOT_OK, {"name": "X"}, {"name": "X"}]
+    proxy["volumeMounts"] += [{"name": "gone", "mountPath": "/a"}, CERTS_MOUNT]
+    app = {**APP, "volumeMounts": [{"name": "data", "mountPath": "/d"}] * 2}
+    volumes = [CSI, CSI, {"name": "istio-envoy"}, {"name": "data"}, {"name": "data"}]
+    assert api_server_problems(pod(containers=[app, proxy], volumes=volumes), SETTINGS) == {
+        Problem("volume name twice", "volumes", "workload-socket", owned=True),
+        Problem("volume name twice", "volumes", "data", owned=False),
+        Problem("mountPath twice", "containers[0]", "/d", owned=False),
+        Problem("mount of no volume", "containers[1]", "gone", owned=False),
+        Problem("mount of no volume", "containers[1]", "workload-certs", owned=True),
+        Problem("env name twice", "containers[1]", "PILOT_CERT_PROVIDER", owned=True),
+        Problem("env name twice", "containers[1]", "X", owned=False),
+    }
+
+
+def test_api_server_check_holds_the_rewrite_to_what_it_owns_on_an_invalid_pod() -> None:
+    # Invalid before (a volume name twice): the rewrite need not repair that, but the socket
+    # volume it leaves must be there once.
+    original = pod(volumes=[CSI, {"name": "data"}, {"name": "data"}])
+    assert_api_server_accepts(original, original, SETTINGS)
+    twice = copy.deepcopy(original)
+    twice["spec"]["volumes"].append(CSI)
+    with pytest.raises(AssertionError):
+        assert_api_server_accepts(original, twice, SETTINGS)
