@@ -5,9 +5,9 @@ No API server runs here, so the policy is checked four ways:
   committed kustomize component is the default render;
 - the Kubernetes strict JSON schemas (v1 for 1.36+, v1beta1 for 1.34-1.35);
 - its CEL evaluated by the CEL C++ implementation (`cel-expr-python`) on every fixture pod
-  and on generated pods, the patch applied with `jsonpatch` and compared with the oracle,
-  the webhook's result and the API server's checks; the Kubernetes-only parts of the CEL
-  environment are a small shim (below);
+  (also in Istio's documented `sidecar,spire` shapes) and on generated pods, the patch
+  applied with `jsonpatch` and compared with the oracle, the webhook's result and the API
+  server's checks; the Kubernetes-only parts of the CEL environment are a small shim (below);
 - its text, for the one construct that panics kube-apiserver 1.36 and that no CEL
   evaluation here can show: a typed `Object...{}` construction inside a list value;
 - `tests/e2e/test_policy_e2e.py` against a real 1.36 API server (E2E=1).
@@ -39,7 +39,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 
-from tests.oracle import all_fixture_pods, assert_rewritten, expected, in_scope
+from tests.oracle import all_fixture_pods, assert_rewritten, expected, in_scope, proxies
+from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount, spire_variants
 from webhook.cli import main
 from webhook.config import Settings, load_settings
 from webhook.policy import POLICY_NAME, cel_string, render_policy, to_yaml
@@ -484,6 +485,40 @@ def test_fixtures_cover_pods_in_and_out_of_scope() -> None:
     assert FIXTURES.keys() - scoped == {"custom-template--0", "hello-ignore--0"}
 
 
+# Every fixture in Istio's documented `sidecar,spire` shapes (tests/shapes.py): istio-proxy
+# mounts the socket volume twice, the spire template's mount before or after its own.
+SPIRE_SHAPED = {
+    f"{name}:{variant}": (name, shaped)
+    for name, pod in FIXTURES.items()
+    if in_scope(pod, DEFAULT)
+    for variant, shaped in spire_variants(pod).items()
+}
+
+
+def socket_mount_paths(pod: dict[str, Any]) -> list[list[str]]:
+    return [
+        [m["mountPath"] for m in proxy["volumeMounts"] if m["name"] == DEFAULT.socket_volume]
+        for proxy in proxies(pod, DEFAULT)
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SPIRE_SHAPED))
+def test_spire_shape_of_every_fixture_keeps_both_socket_mounts_in_place_in_both_forms(
+    name: str, default_policy: PolicyEvaluator
+) -> None:
+    fixture, pod = SPIRE_SHAPED[name]
+    assert [len(paths) for paths in socket_mount_paths(pod)] == [2] * len(proxies(pod, DEFAULT))
+    result = rewrite(pod, DEFAULT)
+    by_webhook = jsonpatch.apply_patch(pod, result.ops)
+    assert_rewritten(pod, by_webhook, DEFAULT)
+    # No socket mount moved (so no two share a path), and the shape adds no warning.
+    assert socket_mount_paths(by_webhook) == socket_mount_paths(pod)
+    assert result.warnings == rewrite(FIXTURES[fixture], DEFAULT).warnings
+    assert default_policy.apply(pod) == by_webhook
+    assert rewrite(by_webhook, DEFAULT).ops == []
+    assert default_policy.apply(by_webhook) == by_webhook
+
+
 @pytest.mark.parametrize("name", ["hello--0", "hello-old-version--0", "review:gateway"])
 def test_opted_out_pod_gets_an_empty_patch(name: str, default_policy: PolicyEvaluator) -> None:
     pod = copy.deepcopy(FIXTURES[name])
@@ -551,7 +586,8 @@ def test_default_policy_leaves_pods_of_changed_settings_alone(
 
 
 # Pods as the API server hands them to a policy: names and mount paths always there, no
-# null lists; contract names often, duplicated, in any order, with and without the proxy.
+# null lists; contract names often, duplicated, in any order, with and without the proxy;
+# sometimes Istio's documented `sidecar,spire` shape (a second socket mount, either order).
 def _names(*contract: str) -> st.SearchStrategy[str]:
     return st.sampled_from([*contract, *contract, "istio-envoy", "data", "x/y~z"])
 
@@ -560,7 +596,7 @@ def _mount(s: Settings) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             "name": _names(s.certs_volume, s.socket_volume),
-            "mountPath": st.sampled_from(["/a", "/b", s.socket_mount_path]),
+            "mountPath": st.sampled_from(["/a", "/b", SPIRE_MOUNT_PATH, s.socket_mount_path]),
         },
         optional={
             "readOnly": st.booleans(),
@@ -608,6 +644,12 @@ def api_pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
     init = draw(st.lists(_container(s), max_size=3))
     if init:
         spec["initContainers"] = init
+    if draw(st.integers(0, 3)) == 0:
+        # Istio's documented `sidecar,spire` shape: two socket mounts in istio-proxy.
+        order = draw(st.sampled_from(ORDERS))
+        for container in [*spec["containers"], *init]:
+            if container["name"] == s.proxy_container:
+                add_spire_mount(container, order, s)
     sources = st.sampled_from(
         [
             {},
