@@ -1,23 +1,10 @@
 """Pod shapes that Istio's documented setups produce, derived from injected pods.
 
-Istio's SPIRE integration guide (istio.io, "SPIRE" under Integrations) adds an injection
-template `spire`, used as `inject.istio.io/templates: sidecar,spire`:
-
-    spire: |
-      labels:
-        spiffe.io/spire-managed-identity: "true"
-      spec:
-        containers:
-        - name: istio-proxy
-          volumeMounts:
-          - name: workload-socket
-            mountPath: /run/secrets/workload-spiffe-uds
-            readOnly: true
-        volumes:
-          - name: workload-socket
-            csi:
-              driver: "csi.spiffe.io"
-              readOnly: true
+Istio's SPIRE integration guide (istio.io, Operations > Integrations > SPIRE) defines an
+injection template `spire`, used as `inject.istio.io/templates: sidecar,spire`. It gives the `istio-proxy` container a mount of `workload-socket` at
+/run/secrets/workload-spiffe-uds (readOnly), makes `workload-socket` the CSI volume
+`{driver: csi.spiffe.io, readOnly: true}`, and in recent versions of the guide labels the
+pod `spiffe.io/spire-managed-identity: "true"`.
 
 Istio merges templates with a strategic merge patch (`pkg/kube/inject/webhook.go`), and
 volumeMounts merge by `mountPath`: the template's mount is a second mount of the socket
