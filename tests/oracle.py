@@ -4,7 +4,9 @@
 the slow and simple way (the product builds patch operations instead and never copies).
 `assert_rewritten(original, patched, settings)` checks a patched pod against it exactly,
 then checks the contract's properties on their own, so a bug shared by both
-implementations still has to get past the second check.
+implementations still has to get past the second check, and last the API server's checks
+that the rewrite can affect (`api_server_problems`), so a rule that agrees with itself but
+makes pods the API server refuses (two mounts at one path, issue 10) cannot pass either.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook.config import Settings
 
@@ -91,22 +93,31 @@ def expected(pod: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 ]
             if container.get("name") != settings.proxy_container:
                 continue
+            # The certificates mounts are gone already. The first mount at the socket's path
+            # becomes the socket mount, and later ones at that path go; else the first socket
+            # mount moves there; else one is added. Every socket mount is read-only.
             mounts = container.get("volumeMounts") or []
-            first = True
+            at_path = [
+                m
+                for m in mounts
+                if isinstance(m, dict) and m.get("mountPath") == settings.socket_mount_path
+            ]
+            of_socket = [
+                m for m in mounts if isinstance(m, dict) and m.get("name") == settings.socket_volume
+            ]
+            if at_path:
+                at_path[0]["name"] = settings.socket_volume
+                dropped = [id(m) for m in at_path[1:]]
+                mounts = [m for m in mounts if id(m) not in dropped]
+            elif of_socket:
+                of_socket[0]["mountPath"] = settings.socket_mount_path
+            else:
+                mounts.append(
+                    {"name": settings.socket_volume, "mountPath": settings.socket_mount_path}
+                )
             for mount in mounts:
                 if isinstance(mount, dict) and mount.get("name") == settings.socket_volume:
-                    if first:
-                        mount["mountPath"] = settings.socket_mount_path
-                        first = False
                     mount["readOnly"] = True
-            if first:
-                mounts.append(
-                    {
-                        "name": settings.socket_volume,
-                        "mountPath": settings.socket_mount_path,
-                        "readOnly": True,
-                    }
-                )
             container["volumeMounts"] = mounts
 
             wanted = {
@@ -148,10 +159,10 @@ def assert_contract_holds(pod: dict[str, Any], settings: Settings) -> None:
             names = [m.get("name") for m in container.get("volumeMounts") or []]
             assert settings.certs_volume not in names, container.get("name")
     for proxy in proxies(pod, settings):
-        socket_mounts = [
-            m for m in proxy["volumeMounts"] if m.get("name") == settings.socket_volume
-        ]
-        assert socket_mounts[0]["mountPath"] == settings.socket_mount_path
+        mounts = proxy["volumeMounts"]
+        at_path = [m for m in mounts if m.get("mountPath") == settings.socket_mount_path]
+        assert [m.get("name") for m in at_path] == [settings.socket_volume]
+        socket_mounts = [m for m in mounts if m.get("name") == settings.socket_volume]
         assert all(m["readOnly"] is True for m in socket_mounts)
         for name, value in (
             (settings.cert_provider_env, settings.cert_provider),
@@ -163,8 +174,92 @@ def assert_contract_holds(pod: dict[str, Any], settings: Settings) -> None:
     assert pod["metadata"]["labels"][settings.identity_label] == settings.identity_label_value
 
 
+# --- What the API server refuses ---------------------------------------------------------
+
+
+class Problem(NamedTuple):
+    """One reason the API server's validation would refuse a pod."""
+
+    rule: str
+    where: str  # "volumes", or the container: "containers[1]"
+    name: str  # the duplicated or missing name, or the duplicated mountPath
+    # About a name or path the rewrite sets (the socket, the certificates volume, the env
+    # variables, the socket's path in istio-proxy): the rewrite must leave none of these.
+    owned: bool
+
+
+def api_server_problems(pod: dict[str, Any], settings: Settings) -> set[Problem]:
+    """The pod's violations of the API server's checks that the rewrite can affect.
+
+    Those checks (`ValidatePod` in kubernetes/pkg/apis/core/validation): volume names unique;
+    every volumeMount names a volume of the pod; mountPaths unique within a container; and,
+    as the DECISIONS ask, env names unique in istio-proxy (the API server only warns there).
+    Entries that are not JSON objects are skipped: the API server would refuse the pod at
+    decoding already, and the rewrite leaves them alone.
+    """
+    spec = pod.get("spec") or {}
+    found: set[Problem] = set()
+    contract_volumes = (settings.socket_volume, settings.certs_volume)
+    volume_names = [v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)]
+    for name in _twice(volume_names):
+        found.add(Problem("volume name twice", "volumes", str(name), name in contract_volumes))
+    for list_name in LISTS:
+        for index, container in enumerate(spec.get(list_name) or []):
+            if not isinstance(container, dict):
+                continue
+            where = f"{list_name}[{index}]"
+            is_proxy = container.get("name") == settings.proxy_container
+            mounts = [m for m in container.get("volumeMounts") or [] if isinstance(m, dict)]
+            for path in _twice([m.get("mountPath") for m in mounts]):
+                owned = is_proxy and path == settings.socket_mount_path
+                found.add(Problem("mountPath twice", where, str(path), owned))
+            for mount in mounts:
+                name = mount.get("name")
+                if name not in volume_names:
+                    owned = name in contract_volumes
+                    found.add(Problem("mount of no volume", where, str(name), owned))
+            if is_proxy:
+                env_names = [
+                    e.get("name") for e in container.get("env") or [] if isinstance(e, dict)
+                ]
+                for name in _twice(env_names):
+                    owned = name in (settings.cert_provider_env, settings.ca_addr_env)
+                    found.add(Problem("env name twice", where, str(name), owned))
+    return found
+
+
+def _twice(values: list[Any]) -> set[Any]:
+    """The values that occur more than once."""
+    seen: set[Any] = set()
+    again: set[Any] = set()
+    for value in values:
+        (again if value in seen else seen).add(value)
+    return again
+
+
+def assert_api_server_accepts(
+    original: dict[str, Any], patched: dict[str, Any], settings: Settings
+) -> None:
+    """The rewrite added no problem the API server refuses, and left none it owns.
+
+    Generated pods are often invalid before the rewrite (a volume name twice, two containers
+    with one mount path twice): the rewrite is not asked to repair what it does not touch,
+    only never to make it worse. What it owns it must leave valid whatever the input: the
+    socket's path mounted once in every istio-proxy, the socket volume once, no mount of the
+    certificates volume, each env variable it sets once. For a valid input (every fixture)
+    this is the whole check: the result has no problem at all.
+    """
+    before = api_server_problems(original, settings)
+    after = api_server_problems(patched, settings)
+    assert after <= before, f"the rewrite made the pod invalid: {sorted(after - before)}"
+    if in_scope(original, settings):
+        assert {p for p in after if p.owned} == set()
+
+
 def assert_rewritten(original: dict[str, Any], patched: dict[str, Any], settings: Settings) -> None:
-    """`patched` is exactly the contract applied to `original`, and nothing else changed."""
+    """`patched` is exactly the contract applied to `original`, nothing else changed, and
+    the API server would not refuse it for anything the rewrite did."""
     assert patched == expected(original, settings)
     if in_scope(original, settings):
         assert_contract_holds(patched, settings)
+    assert_api_server_accepts(original, patched, settings)

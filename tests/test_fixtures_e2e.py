@@ -4,9 +4,10 @@ Every pod of ../shared/fixtures/istio-injected/ (wrapped in a Pod CREATE Admissi
 and every review of ../shared/fixtures/admission-reviews/ (as a kube-apiserver sent it) is
 POSTed to the real server (a subprocess over TLS, certificates by `webhook.certs`) with a
 real httpx client. The answer echoes the uid and allows; the base64 JSON Patch applies with
-`jsonpatch` to exactly `tests.oracle.expected`, loads into a `V1Pod`, and sent back it gets
-no patch. Pods without istio-proxy get no patch; a dry run gets its twin's answer. Last, a
-small soak (tests/soak.py) with a certificate rotation in the middle.
+`jsonpatch` to exactly `tests.oracle.expected`, passes the API server's checks the rewrite
+can affect, loads into a `V1Pod`, and sent back it gets no patch. Pods without istio-proxy
+get no patch; a dry run gets its twin's answer. Last, a small soak (tests/soak.py) with a
+certificate rotation in the middle.
 """
 
 from __future__ import annotations

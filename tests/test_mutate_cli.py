@@ -28,6 +28,7 @@ from tests.oracle import (
     expected,
     istio_pods,
 )
+from tests.shapes import spire_variants
 from webhook.commands.mutate import mutate_command
 from webhook.config import Settings
 from webhook.review import decide, parse
@@ -546,7 +547,25 @@ def test_every_fixture_round_trips_through_json_and_yaml(name: str) -> None:
     assert run(json.dumps(pod)).stdout == as_json(patched)
     out = yaml.safe_load(run(as_yaml(pod)).stdout)
     assert ordered(out) == ordered(patched)
-    assert out == expected(pod, SETTINGS)
+    assert_rewritten(pod, out, SETTINGS)
+
+
+SPIRE_SHAPED = {
+    f"{name}:{variant}": shaped
+    for name, pod in PODS.items()
+    for variant, shaped in spire_variants(pod).items()
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPIRE_SHAPED))
+def test_spire_shaped_pod_comes_out_valid_with_or_without_patch(name: str) -> None:
+    # Istio's documented `sidecar,spire` shape: two socket mounts in istio-proxy.
+    pod = SPIRE_SHAPED[name]
+    out = json.loads(run(json.dumps(pod)).stdout)
+    assert_rewritten(pod, out, SETTINGS)
+    result = run(json.dumps(pod), "--patch")
+    assert result.exit_code == 0
+    assert jsonpatch.apply_patch(pod, json.loads(result.stdout)) == out
 
 
 @hsettings(max_examples=60, deadline=None)

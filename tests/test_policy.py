@@ -5,8 +5,11 @@ No API server runs here, so the policy is checked four ways:
   committed kustomize component is the default render;
 - the Kubernetes strict JSON schemas (v1 for 1.36+, v1beta1 for 1.34-1.35);
 - its CEL evaluated by the CEL C++ implementation (`cel-expr-python`) on every fixture pod
-  and on generated pods, the patch applied with `jsonpatch` and compared with the oracle;
-  the Kubernetes-only parts of the CEL environment are a small shim (below);
+  (also in Istio's documented `sidecar,spire` shapes) and on generated pods, the patch
+  applied with `jsonpatch` and compared with the oracle, the webhook's result and the API
+  server's checks; the Kubernetes-only parts of the CEL environment are a small shim (below);
+- its text, for the one construct that panics kube-apiserver 1.36 and that no CEL
+  evaluation here can show: a typed `Object...{}` construction inside a list value;
 - `tests/e2e/test_policy_e2e.py` against a real 1.36 API server (E2E=1).
 
 Regenerate the golden files after an intended change with:
@@ -36,7 +39,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 
-from tests.oracle import all_fixture_pods, expected, in_scope
+from tests.oracle import all_fixture_pods, assert_rewritten, expected, in_scope, proxies
+from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount, spire_variants
 from webhook.cli import main
 from webhook.config import Settings, load_settings
 from webhook.policy import POLICY_NAME, cel_string, render_policy, to_yaml
@@ -298,8 +302,9 @@ def test_policy_command_rejects_bad_input_in_one_line(
 
 # --- The CEL, evaluated -------------------------------------------------------------------
 # cel-expr-python wraps the CEL C++ implementation (cel-cpp), here with only the two-variable
-# comprehensions and optional types that Kubernetes has had since 1.32 (not the lists
-# extension: `flatten()` and `lists.range()` are not in 1.34's CEL for new expressions). What
+# comprehensions, optional types and the strings extension that Kubernetes has had since 1.32
+# (not the lists extension: `flatten()` and `lists.range()` are not in 1.34's CEL for new
+# expressions). What
 # only Kubernetes has is shimmed: `object` and `variables` are dyn, `jsonpatch.escapeKey`
 # is RFC 6901 escaping, and typed constructions (`JSONPatch{op: ...}`,
 # `Object.spec.volumes{name: ...}`, with `?field:` entries) become map literals with the
@@ -387,6 +392,7 @@ class PolicyEvaluator:
             "extensions:\n"
             "  - name: cel.lib.ext.comprev2\n"
             "  - name: optional\n"
+            "  - name: cel.lib.ext.strings\n"
         )
         escape_key = cel.FunctionDecl(
             "jsonpatch.escapeKey",
@@ -466,7 +472,7 @@ def test_policy_rewrites_every_fixture_pod_exactly_like_the_contract(
     before = copy.deepcopy(pod)
     patched = default_policy.apply(pod)
     assert pod == before
-    assert patched == expected(pod, DEFAULT)
+    assert_rewritten(pod, patched, DEFAULT)
     to_v1pod(patched)
     # The webhook agrees, positions included, and a second run of either changes nothing.
     assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT).ops)
@@ -477,6 +483,40 @@ def test_policy_rewrites_every_fixture_pod_exactly_like_the_contract(
 def test_fixtures_cover_pods_in_and_out_of_scope() -> None:
     scoped = {name for name, pod in FIXTURES.items() if in_scope(pod, DEFAULT)}
     assert FIXTURES.keys() - scoped == {"custom-template--0", "hello-ignore--0"}
+
+
+# Every fixture in Istio's documented `sidecar,spire` shapes (tests/shapes.py): istio-proxy
+# mounts the socket volume twice, the spire template's mount before or after its own.
+SPIRE_SHAPED = {
+    f"{name}:{variant}": (name, shaped)
+    for name, pod in FIXTURES.items()
+    if in_scope(pod, DEFAULT)
+    for variant, shaped in spire_variants(pod).items()
+}
+
+
+def socket_mount_paths(pod: dict[str, Any]) -> list[list[str]]:
+    return [
+        [m["mountPath"] for m in proxy["volumeMounts"] if m["name"] == DEFAULT.socket_volume]
+        for proxy in proxies(pod, DEFAULT)
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SPIRE_SHAPED))
+def test_spire_shape_of_every_fixture_keeps_both_socket_mounts_in_place_in_both_forms(
+    name: str, default_policy: PolicyEvaluator
+) -> None:
+    fixture, pod = SPIRE_SHAPED[name]
+    assert [len(paths) for paths in socket_mount_paths(pod)] == [2] * len(proxies(pod, DEFAULT))
+    result = rewrite(pod, DEFAULT)
+    by_webhook = jsonpatch.apply_patch(pod, result.ops)
+    assert_rewritten(pod, by_webhook, DEFAULT)
+    # No socket mount moved (so no two share a path), and the shape adds no warning.
+    assert socket_mount_paths(by_webhook) == socket_mount_paths(pod)
+    assert result.warnings == rewrite(FIXTURES[fixture], DEFAULT).warnings
+    assert default_policy.apply(pod) == by_webhook
+    assert rewrite(by_webhook, DEFAULT).ops == []
+    assert default_policy.apply(by_webhook) == by_webhook
 
 
 @pytest.mark.parametrize("name", ["hello--0", "hello-old-version--0", "review:gateway"])
@@ -533,7 +573,7 @@ def test_policy_with_changed_settings_rewrites_renamed_fixtures_like_the_contrac
 ) -> None:
     pod = renamed(FIXTURES[name], CUSTOM_NAMES)
     patched = custom_policy.apply(pod)
-    assert patched == expected(pod, CUSTOM)
+    assert_rewritten(pod, patched, CUSTOM)
     assert patched == jsonpatch.apply_patch(pod, rewrite(pod, CUSTOM).ops)
     assert custom_policy.apply(patched) == patched
 
@@ -546,7 +586,8 @@ def test_default_policy_leaves_pods_of_changed_settings_alone(
 
 
 # Pods as the API server hands them to a policy: names and mount paths always there, no
-# null lists; contract names often, duplicated, in any order, with and without the proxy.
+# null lists; contract names often, duplicated, in any order, with and without the proxy;
+# sometimes Istio's documented `sidecar,spire` shape (a second socket mount, either order).
 def _names(*contract: str) -> st.SearchStrategy[str]:
     return st.sampled_from([*contract, *contract, "istio-envoy", "data", "x/y~z"])
 
@@ -555,7 +596,7 @@ def _mount(s: Settings) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             "name": _names(s.certs_volume, s.socket_volume),
-            "mountPath": st.sampled_from(["/a", "/b", s.socket_mount_path]),
+            "mountPath": st.sampled_from(["/a", "/b", SPIRE_MOUNT_PATH, s.socket_mount_path]),
         },
         optional={
             "readOnly": st.booleans(),
@@ -603,6 +644,12 @@ def api_pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
     init = draw(st.lists(_container(s), max_size=3))
     if init:
         spec["initContainers"] = init
+    if draw(st.integers(0, 3)) == 0:
+        # Istio's documented `sidecar,spire` shape: two socket mounts in istio-proxy.
+        order = draw(st.sampled_from(ORDERS))
+        for container in [*spec["containers"], *init]:
+            if container["name"] == s.proxy_container:
+                add_spire_mount(container, order, s)
     sources = st.sampled_from(
         [
             {},
@@ -642,7 +689,7 @@ def test_policy_agrees_with_the_oracle_and_the_webhook_on_generated_pods(
 ) -> None:
     policy = _evaluators["default"]
     patched = policy.apply(pod)
-    assert patched == expected(pod, DEFAULT)
+    assert_rewritten(pod, patched, DEFAULT)
     assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT).ops)
     if not in_scope(pod, DEFAULT):
         assert policy.ops(pod) == []
@@ -656,7 +703,7 @@ def test_policy_with_changed_settings_agrees_with_the_oracle_on_generated_pods(
 ) -> None:
     policy = _evaluators["custom"]
     patched = policy.apply(pod)
-    assert patched == expected(pod, CUSTOM)
+    assert_rewritten(pod, patched, CUSTOM)
     assert policy.apply(patched) == patched
 
 
@@ -682,6 +729,118 @@ def test_struct_literal_shim_rewrites_only_typed_constructions() -> None:
     )
     with pytest.raises(AssertionError):
         struct_literals_to_maps("Object.spec.volumes{csi: Object.spec.csi{}}")
+
+
+# --- What the API server's CEL must never see -------------------------------------------
+# kube-apiserver 1.36 panics when a JSON patch value is a list holding a typed `Object...{}`
+# construction (its ConvertToNative answers *structpb.Struct where a list element must be a
+# *structpb.Value; kubernetes#142181), e.g. `object.spec.volumes.map(v, c ? Object...{} : v)`
+# or `[Object...{}]` alone, and the panic fails every pod in scope. cel-cpp cannot show it,
+# so this is checked on the text: a typed construction is only ever the whole value of a
+# JSONPatch, or of a field of another typed construction.
+
+
+def misplaced_typed_constructions(expression: str) -> list[str]:
+    """The typed constructions of `expression` that are not a whole JSONPatch value or the
+    whole value of a typed construction's field, each with the text that leads to it."""
+    misplaced: list[str] = []
+    # Open brackets: (typed construction name or None, its current field, where that
+    # field's value starts, whether this construction must be followed by `,` or `}`).
+    stack: list[tuple[str | None, str | None, int, bool]] = []
+    entry_start = False
+    i = 0
+    while i < len(expression):
+        char = expression[i]
+        if char == '"':
+            end = i + 1
+            while expression[end] != '"':
+                end += 2 if expression[end] == "\\" else 1
+            i, entry_start = end + 1, False
+            continue
+        ident = IDENT.match(expression, i)
+        if ident and (i == 0 or not re.match(r"[\w.]", expression[i - 1])):
+            name = ident.group()
+            after = ident.end()
+            while after < len(expression) and expression[after].isspace():
+                after += 1
+            typed = name == "JSONPatch" or name.startswith("Object")
+            if typed and after < len(expression) and expression[after] == "{":
+                whole_value = False
+                if name != "JSONPatch":
+                    parent = stack[-1] if stack else None
+                    whole_value = (
+                        parent is not None
+                        and parent[0] is not None
+                        and (parent[0] != "JSONPatch" or parent[1] == "value")
+                        and not expression[parent[2] : i].strip()
+                    )
+                    if not whole_value:
+                        misplaced.append(expression[max(0, i - 60) : after + 1])
+                stack.append((name, None, after + 1, whole_value))
+                i, entry_start = after + 1, True
+                continue
+            if entry_start and stack and stack[-1][0] is not None:
+                colon = re.compile(r"\s*:").match(expression, ident.end())
+                assert colon, expression[i : i + 40]
+                frame = stack.pop()
+                stack.append((frame[0], name, colon.end(), frame[3]))
+                i, entry_start = colon.end(), False
+                continue
+            i, entry_start = ident.end(), False
+            continue
+        if char in "([{":
+            stack.append((None, None, i + 1, False))
+        elif char in ")]}":
+            name, _, _, whole_value = stack.pop()
+            rest = expression[i + 1 :].lstrip()
+            if whole_value and rest[:1] not in (",", "}"):
+                misplaced.append(f"{name}{{...}} followed by {rest[:20]!r}")
+        elif char == "," and stack and stack[-1][0] is not None:
+            entry_start = True
+            i += 1
+            continue
+        if not char.isspace() and not (char == "?" and entry_start):
+            entry_start = False
+        i += 1
+    return misplaced
+
+
+@pytest.mark.parametrize("settings", [DEFAULT, CUSTOM], ids=["default", "custom"])
+def test_typed_constructions_are_only_whole_patch_values_never_list_items(
+    settings: Settings,
+) -> None:
+    spec = render_policy(settings)[0]["spec"]
+    [mutation] = spec["mutations"]
+    expression = mutation["jsonPatch"]["expression"]
+    assert expression.count("Object.") >= 6
+    assert misplaced_typed_constructions(expression) == []
+    # Variables cannot use the types at all (only mutations can).
+    assert [v["name"] for v in spec["variables"] if "Object." in v["expression"]] == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # The reduced form of issue 10's panic, and the shapes of the render it panicked on.
+        'object.spec.volumes.map(v, v.name == "x" ? Object.spec.volumes{name: "x"} : v)',
+        'object.spec.volumes.filter(v, v.name != "x") + [Object.spec.volumes{name: "x"}]',
+        '[Object.spec.volumes{name: "x"}]',
+        'c ? Object.spec.volumes{name: "x"} : object.spec.volumes[0]',
+        'Object.spec.volumes{name: "x"} == v ? 1 : 2',
+    ],
+)
+def test_misplaced_typed_construction_check_finds_typed_items_in_lists(value: str) -> None:
+    expression = f'[JSONPatch{{op: "add", path: "/spec/volumes", value: {value}}}]'
+    assert len(misplaced_typed_constructions(expression)) == 1
+
+
+def test_misplaced_typed_construction_check_accepts_whole_values_and_their_fields() -> None:
+    expression = (
+        '[JSONPatch{op: "add", path: "/spec/volumes/-", value: Object.spec.volumes{'
+        'name: "x", csi: Object.spec.volumes.csi{driver: "d", readOnly: true}}}]'
+        ' + object.spec.volumes.map(v, JSONPatch{op: "remove", path: "/spec/volumes/0"})'
+    )
+    assert misplaced_typed_constructions(expression) == []
 
 
 # --- Switching between the two forms ----------------------------------------------------

@@ -7,7 +7,12 @@ opt-out label), with the default and with non-default Settings:
 - the result is exactly `tests.oracle.expected(pod)`, so nothing off the contract changed;
 - `rewrite()` did not touch the pod it was given;
 - a second pass yields no operations;
-- the result loads into a `kubernetes.client.V1Pod`.
+- the result loads into a `kubernetes.client.V1Pod`;
+- the API server's checks the rewrite can affect pass (`tests.oracle.api_server_problems`:
+  generated pods are often invalid before the rewrite, so it must add no problem and leave
+  none on the names and paths it sets).
+Istio's documented `sidecar,spire` shape (a second socket mount, before or after the
+sidecar's own) is among the generated pods, classic and native.
 And every fixture pod, with its containers, init containers and volumes reordered, gets the
 same rewrite as the original (modulo that order).
 """
@@ -26,6 +31,7 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 
 from tests.oracle import LISTS, all_fixture_pods, assert_rewritten, expected, in_scope
+from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount
 from webhook.config import Settings
 from webhook.rewrite import escape, rewrite
 
@@ -180,6 +186,13 @@ def pods(draw: st.DrawFn, s: Settings) -> dict[str, Any]:
     init = draw(st.one_of(st.none(), st.lists(containers(s, True), max_size=3)))
     if init is not None or draw(st.booleans()):
         spec["initContainers"] = init
+    if draw(st.integers(0, 3)) == 0:
+        # Istio's documented `sidecar,spire` shape: two socket mounts in istio-proxy.
+        order = draw(st.sampled_from(ORDERS))
+        for name in LISTS:
+            for container in spec.get(name) or []:
+                if container["name"] == s.proxy_container:
+                    add_spire_mount(container, order, s)
     vols = draw(st.one_of(st.none(), st.lists(volumes(s), max_size=5)))
     if vols is not None:
         # Istio's volumes in most pods, in any place among the others.
@@ -306,7 +319,8 @@ def test_pod_without_proxy_gets_no_patch(pod: dict[str, Any]) -> None:
 
 
 def test_generated_pods_cover_the_interesting_shapes() -> None:
-    """The strategy really produces in-scope pods, opted-out ones and proxies in both lists."""
+    """The strategy really produces in-scope pods, opted-out ones, proxies in both lists and
+    Istio's documented spire shape in both orders, classic and native."""
     seen: set[str] = set()
 
     @hsettings(max_examples=300, deadline=None, database=None, derandomize=True)
@@ -331,9 +345,34 @@ def test_generated_pods_cover_the_interesting_shapes() -> None:
             seen.add("opted-out")
         if "metadata" not in pod:
             seen.add("no-metadata")
+        for name in LISTS:
+            for container in spec.get(name) or []:
+                if container["name"] != DEFAULT.proxy_container:
+                    continue
+                paths = [
+                    m["mountPath"]
+                    for m in container.get("volumeMounts") or []
+                    if m["name"] == DEFAULT.socket_volume
+                ]
+                for order, pair in (
+                    ("before", [SPIRE_MOUNT_PATH, DEFAULT.socket_mount_path]),
+                    ("after", [DEFAULT.socket_mount_path, SPIRE_MOUNT_PATH]),
+                ):
+                    if paths == pair:
+                        seen.add(f"spire-{order}-{name}")
 
     sample()
-    assert seen == {"proxy-in-both", "in-scope", "both-volumes", "opted-out", "no-metadata"}
+    assert seen == {
+        "proxy-in-both",
+        "in-scope",
+        "both-volumes",
+        "opted-out",
+        "no-metadata",
+        "spire-before-containers",
+        "spire-after-containers",
+        "spire-before-initContainers",
+        "spire-after-initContainers",
+    }
 
 
 # --- Fixture pods, reordered ---------------------------------------------------------

@@ -9,12 +9,20 @@ import jsonpatch
 import pytest
 from kubernetes.client import ApiClient, V1Pod
 
-from tests.oracle import all_fixture_pods, assert_rewritten, istio_pods
+from tests.oracle import (
+    Problem,
+    all_fixture_pods,
+    api_server_problems,
+    assert_api_server_accepts,
+    assert_rewritten,
+    istio_pods,
+)
 from webhook.config import Settings
 from webhook.rewrite import InvalidPod, Result, rewrite
 
 SETTINGS = Settings()
 SOCKET_PATH = "/var/run/secrets/workload-spiffe-uds"
+SPIRE_PATH = "/run/secrets/workload-spiffe-uds"  # Istio's documented `spire` template
 CA_ADDR = "unix:///var/run/secrets/workload-spiffe-uds/socket"
 LABEL = "spiffe.io/spire-managed-identity"
 LABEL_PATH = "/metadata/labels/spiffe.io~1spire-managed-identity"
@@ -317,6 +325,126 @@ def test_missing_volume_mounts_list_is_created_on_the_proxy() -> None:
     ]
 
 
+SPIRE_MOUNT = {"name": "workload-socket", "mountPath": SPIRE_PATH, "readOnly": True}
+
+
+def proxy_mounts(original: dict[str, Any], result: Result, where: str) -> list[Any]:
+    mounts: list[Any] = get(jsonpatch.apply_patch(original, result.ops), where)["volumeMounts"]
+    return mounts
+
+
+def test_spire_mount_before_the_sidecars_keeps_its_path_so_no_two_mounts_share_one() -> None:
+    # Istio's documented `sidecar,spire` templates, the spire mount first: the mount already
+    # at the socket's path is the socket mount; the other keeps its path (issue 10: moving
+    # it made two mounts at one path, and the API server refused every such pod).
+    proxy = istio_proxy()
+    proxy["volumeMounts"].insert(0, SPIRE_MOUNT)
+    original = pod(containers=[APP, proxy], volumes=[CSI, {"name": "workload-certs"}])
+    result = check(original)
+    assert result.ops == [
+        {"op": "remove", "path": "/spec/volumes/1"},
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/1/readOnly", "value": True},
+        {"op": "remove", "path": "/spec/containers/1/volumeMounts/2"},
+        {"op": "replace", "path": "/spec/containers/1/env/0", "value": PILOT_OK},
+        {"op": "replace", "path": "/spec/containers/1/env/1", "value": CA_OK},
+    ]
+    assert result.warnings == []
+    assert proxy_mounts(original, result, "/spec/containers/1") == [SPIRE_MOUNT, SOCKET_MOUNT]
+
+
+def test_spire_mount_after_the_sidecars_keeps_its_path() -> None:
+    proxy = istio_proxy()
+    proxy["volumeMounts"].append(SPIRE_MOUNT)
+    original = pod(containers=[APP, proxy], volumes=[CSI])
+    result = check(original)
+    assert result.ops[:2] == [
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/0/readOnly", "value": True},
+        {"op": "remove", "path": "/spec/containers/1/volumeMounts/1"},
+    ]
+    assert proxy_mounts(original, result, "/spec/containers/1") == [SOCKET_MOUNT, SPIRE_MOUNT]
+
+
+def test_other_socket_mounts_keep_their_paths_and_are_made_read_only() -> None:
+    proxy = compliant_proxy()
+    proxy["volumeMounts"] += [
+        {"name": "workload-socket", "mountPath": "/a"},
+        {"name": "workload-socket", "mountPath": "/b", "readOnly": False, "subPath": "s"},
+    ]
+    result = check(pod(containers=[APP, proxy]))
+    assert result.ops == [
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/2/readOnly", "value": True},
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/3/readOnly", "value": True},
+    ]
+    assert result.reasons == ["istio-proxy mounts workload-socket read-write"] * 2
+    assert result.warnings == []
+
+
+def test_mount_of_another_volume_at_the_socket_path_becomes_the_socket_mount() -> None:
+    proxy = compliant_proxy()
+    proxy["volumeMounts"] = [
+        {"name": "workload-socket", "mountPath": "/run/spire"},
+        {"name": "spire", "mountPath": SOCKET_PATH, "subPath": "s"},
+    ]
+    original = pod(containers=[APP, proxy])
+    result = check(original)
+    assert result.ops == [
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/0/readOnly", "value": True},
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/1/name", "value": "workload-socket"},
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/1/readOnly", "value": True},
+    ]
+    assert result.warnings == [
+        "replaced the mount of volume spire at /var/run/secrets/workload-spiffe-uds"
+        " in container istio-proxy with workload-socket"
+    ]
+    assert proxy_mounts(original, result, "/spec/containers/1") == [
+        {"name": "workload-socket", "mountPath": "/run/spire", "readOnly": True},
+        {"name": "workload-socket", "mountPath": SOCKET_PATH, "subPath": "s", "readOnly": True},
+    ]
+
+
+def test_certificates_mount_at_the_socket_path_goes_and_the_socket_mount_moves_there() -> None:
+    proxy = compliant_proxy()
+    proxy["volumeMounts"] = [
+        {"name": "workload-certs", "mountPath": SOCKET_PATH},
+        {"name": "workload-socket", "mountPath": "/run/spire", "readOnly": True},
+    ]
+    original = pod(containers=[APP, proxy])
+    result = check(original)
+    assert result.ops == [
+        {"op": "add", "path": "/spec/containers/1/volumeMounts/1/mountPath", "value": SOCKET_PATH},
+        {"op": "remove", "path": "/spec/containers/1/volumeMounts/0"},
+    ]
+    assert result.warnings == []
+    assert proxy_mounts(original, result, "/spec/containers/1") == [SOCKET_MOUNT]
+
+
+def test_only_the_first_of_two_mounts_at_the_socket_path_stays() -> None:
+    proxy = compliant_proxy()
+    proxy["volumeMounts"] = [
+        SOCKET_MOUNT,
+        {"name": "data", "mountPath": "/data"},
+        {"name": "spire", "mountPath": SOCKET_PATH},
+        {"name": "workload-socket", "mountPath": SOCKET_PATH},
+    ]
+    original = pod(containers=[APP, proxy])
+    result = check(original)
+    assert result.ops == [
+        {"op": "remove", "path": "/spec/containers/1/volumeMounts/3"},
+        {"op": "remove", "path": "/spec/containers/1/volumeMounts/2"},
+    ]
+    assert (
+        result.reasons == ["istio-proxy has two mounts at /var/run/secrets/workload-spiffe-uds"] * 2
+    )
+    assert result.warnings == [
+        "removed the second mount at /var/run/secrets/workload-spiffe-uds (volume spire)"
+        " from container istio-proxy"
+    ]
+    assert proxy_mounts(original, result, "/spec/containers/1") == [
+        SOCKET_MOUNT,
+        {"name": "data", "mountPath": "/data"},
+    ]
+
+
 # --- the proxy's env ------------------------------------------------------------------------
 
 
@@ -485,6 +613,8 @@ def test_configured_opt_out_label_is_honoured() -> None:
 @pytest.mark.parametrize("name", sorted(all_fixture_pods()))
 def test_every_fixture_is_rewritten_to_the_contract_and_loads_as_v1pod(name: str) -> None:
     original = all_fixture_pods()[name]
+    # Valid for the API server's checks before, so check() proves it is valid after.
+    assert api_server_problems(original, SETTINGS) == set()
     result = check(original)
     patched = jsonpatch.apply_patch(original, result.ops)
     loaded = to_v1pod(patched)
@@ -567,34 +697,51 @@ def test_a_pod_that_is_not_an_object_is_invalid() -> None:
     assert str(caught.value) == "pod: must be a JSON object"
 
 
-def test_another_volume_at_the_socket_path_is_a_warning(settings: Settings) -> None:
-    pod = {
-        "metadata": {"labels": {}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "istio-proxy",
-                    "env": [],
-                    "volumeMounts": [
-                        {"name": "spire", "mountPath": "/var/run/secrets/workload-spiffe-uds"}
-                    ],
-                }
-            ],
-            "volumes": [{"name": "spire", "emptyDir": {}}],
-        },
-    }
-    result = rewrite(pod, settings)
-    assert result.warnings == [
-        "container istio-proxy already mounts volume spire at"
-        " /var/run/secrets/workload-spiffe-uds, where workload-socket goes:"
-        " the API server will refuse the pod"
-    ]
-    assert {
+# --- the API server's checks (tests.oracle), on their own -----------------------------------
+
+
+def test_api_server_check_finds_the_two_mounts_at_one_path_of_the_old_rule() -> None:
+    proxy = istio_proxy()
+    proxy["volumeMounts"].insert(0, SPIRE_MOUNT)
+    original = pod(containers=[APP, proxy], volumes=[CSI, {"name": "workload-certs"}])
+    # The rule before issue 10 moved the first socket mount to the socket's path.
+    moved = {
         "op": "add",
-        "path": "/spec/containers/0/volumeMounts/-",
-        "value": {
-            "name": "workload-socket",
-            "mountPath": "/var/run/secrets/workload-spiffe-uds",
-            "readOnly": True,
-        },
-    } in result.ops
+        "path": "/spec/containers/1/volumeMounts/0/mountPath",
+        "value": SOCKET_PATH,
+    }
+    old_result = jsonpatch.apply_patch(original, [moved])
+    assert api_server_problems(original, SETTINGS) == set()
+    assert api_server_problems(old_result, SETTINGS) == {
+        Problem("mountPath twice", "containers[1]", SOCKET_PATH, owned=True)
+    }
+    with pytest.raises(AssertionError, match="the rewrite made the pod invalid"):
+        assert_api_server_accepts(original, old_result, SETTINGS)
+
+
+def test_api_server_check_names_each_rule_and_what_the_rewrite_owns() -> None:
+    proxy = compliant_proxy()
+    proxy["env"] += [PILOT_OK, {"name": "X"}, {"name": "X"}]
+    proxy["volumeMounts"] += [{"name": "gone", "mountPath": "/a"}, CERTS_MOUNT]
+    app = {**APP, "volumeMounts": [{"name": "data", "mountPath": "/d"}] * 2}
+    volumes = [CSI, CSI, {"name": "istio-envoy"}, {"name": "data"}, {"name": "data"}]
+    assert api_server_problems(pod(containers=[app, proxy], volumes=volumes), SETTINGS) == {
+        Problem("volume name twice", "volumes", "workload-socket", owned=True),
+        Problem("volume name twice", "volumes", "data", owned=False),
+        Problem("mountPath twice", "containers[0]", "/d", owned=False),
+        Problem("mount of no volume", "containers[1]", "gone", owned=False),
+        Problem("mount of no volume", "containers[1]", "workload-certs", owned=True),
+        Problem("env name twice", "containers[1]", "PILOT_CERT_PROVIDER", owned=True),
+        Problem("env name twice", "containers[1]", "X", owned=False),
+    }
+
+
+def test_api_server_check_holds_the_rewrite_to_what_it_owns_on_an_invalid_pod() -> None:
+    # Invalid before (a volume name twice): the rewrite need not repair that, but the socket
+    # volume it leaves must be there once.
+    original = pod(volumes=[CSI, {"name": "data"}, {"name": "data"}])
+    assert_api_server_accepts(original, original, SETTINGS)
+    twice = copy.deepcopy(original)
+    twice["spec"]["volumes"].append(CSI)
+    with pytest.raises(AssertionError):
+        assert_api_server_accepts(original, twice, SETTINGS)

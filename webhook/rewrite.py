@@ -5,13 +5,19 @@ the pod carries the opt-out label:
 1. remove the `workload-certs` volume and every mount of it, in every container;
 2. make `workload-socket` exactly `{name, csi: {driver: csi.spiffe.io, readOnly: true}}`
    (in place; appended when absent);
-3. mount it read-only in `istio-proxy` at /var/run/secrets/workload-spiffe-uds (an
-   existing mount of it gets that path and readOnly; otherwise one is appended);
+3. mount it read-only in `istio-proxy` at /var/run/secrets/workload-spiffe-uds: a mount
+   already at that path becomes the socket mount (a warning if it was of another volume,
+   and any further mount at the path goes); else the first mount of the socket volume moves
+   there; else one is appended. Other mounts of the socket volume (Istio's documented `spire`
+   template adds one at /run/secrets/workload-spiffe-uds) stay where they are, read-only;
 4. on `istio-proxy` set `PILOT_CERT_PROVIDER=workloadapi` and
    `CA_ADDR=unix:///var/run/secrets/workload-spiffe-uds/socket` (replaced at the index
    of the first entry, `valueFrom` dropped, later duplicates removed; appended if absent);
 5. label the pod `spiffe.io/spire-managed-identity: "true"`.
 Nothing else changes, and a compliant pod yields no patch, so a second pass is a no-op.
+Whatever the input, the rewrite adds nothing the API server refuses: the socket's path is
+mounted once in istio-proxy, the socket volume exists once, the certificates volume and its
+mounts are gone, and each env variable it sets is set once.
 
 Why: Istio's agent serves file-mounted certificates whenever cert files exist under the
 `workload-certs` mount and never rotates them from the SPIFFE socket; without the volume
@@ -93,6 +99,7 @@ class _Names:
         self.proxy_no_mount = f"{self.proxy} does not mount {self.socket}"
         self.proxy_mounts_certs = f"{self.proxy} mounts {self.certs}"
         self.read_write = f"{self.proxy} mounts {self.socket} read-write"
+        self.path_twice = f"{self.proxy} has two mounts at {self.mount_path}"
         wanted = {self.cert_provider_env: self.cert_provider, self.ca_addr_env: self.ca_addr}
         self.no_env = f"{self.proxy} has no {' or '.join(wanted)}"
         self.env_twice = {n: f"{self.proxy} sets {n} twice" for n in wanted}
@@ -250,53 +257,69 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
         )
         reasons.append(n.proxy_no_mount)
         return
-    certs, socket = n.certs, n.socket
+    certs, socket, mount_path = n.certs, n.socket, n.mount_path
+    chosen = _socket_mount(mounts, n)
     removed: list[int] = []
-    socket_seen = False
-    moved = False
     for index, mount in enumerate(mounts):
-        name = mount.get("name") if isinstance(mount, dict) else None
+        if not isinstance(mount, dict):
+            continue
+        name = mount.get("name")
+        path = f"{where}/volumeMounts/{index}"
         if name == certs:
             removed.append(index)
             reasons.append(n.proxy_mounts_certs)
-        elif name == socket:
-            path = f"{where}/volumeMounts/{index}"
-            if not socket_seen and mount.get("mountPath") != n.mount_path:
-                moved = True
-                ops.append({"op": "add", "path": f"{path}/mountPath", "value": n.mount_path})
+            continue
+        if index == chosen:
+            if name != socket:
+                ops.append({"op": "add", "path": f"{path}/name", "value": socket})
+                reasons.append(f"{n.proxy} mounts {name} at {mount_path}")
+                result.warnings.append(
+                    f"replaced the mount of volume {name} at {mount_path}"
+                    f" in container {n.proxy} with {socket}"
+                )
+            if mount.get("mountPath") != mount_path:
+                ops.append({"op": "add", "path": f"{path}/mountPath", "value": mount_path})
                 reasons.append(f"{n.proxy} mounts {socket} at {mount.get('mountPath')}")
-            if mount.get("readOnly") is not True:
-                ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
-                reasons.append(n.read_write)
-            socket_seen = True
+        elif mount.get("mountPath") == mount_path:
+            # A second mount at the socket's path: the API server refuses duplicate paths.
+            removed.append(index)
+            reasons.append(n.path_twice)
+            if name != socket:
+                result.warnings.append(
+                    f"removed the second mount at {mount_path} (volume {name})"
+                    f" from container {n.proxy}"
+                )
+            continue
+        elif name != socket:
+            continue
+        if mount.get("readOnly") is not True:
+            ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
+            reasons.append(n.read_write)
     for index in reversed(removed):
         ops.append({"op": "remove", "path": f"{where}/volumeMounts/{index}"})
-    if not socket_seen:
+    if chosen is None:
         ops.append(
             {
                 "op": "add",
                 "path": f"{where}/volumeMounts/-",
-                "value": {"name": socket, "mountPath": n.mount_path, "readOnly": True},
+                "value": {"name": socket, "mountPath": mount_path, "readOnly": True},
             }
         )
         reasons.append(n.proxy_no_mount)
-    if moved or not socket_seen:
-        _warn_path_taken(mounts, n, result)
 
 
-def _warn_path_taken(mounts: list[Any], n: _Names, result: Result) -> None:
-    # The contract puts the socket at this path; another volume there makes the API server
-    # refuse the pod (duplicate mountPath). Say so rather than guess which one to drop.
-    for mount in mounts:
-        if (
-            isinstance(mount, dict)
-            and mount.get("mountPath") == n.mount_path
-            and mount.get("name") not in (n.socket, n.certs)
-        ):
-            result.warnings.append(
-                f"container {n.proxy} already mounts volume {mount.get('name')} at"
-                f" {n.mount_path}, where {n.socket} goes: the API server will refuse the pod"
-            )
+def _socket_mount(mounts: list[Any], n: _Names) -> int | None:
+    """Which mount becomes the socket mount: the first at the socket's path (mounts of the
+    certificates volume go anyway), else the first of the socket volume, else none."""
+    first_of_socket = None
+    for index, mount in enumerate(mounts):
+        if not isinstance(mount, dict) or mount.get("name") == n.certs:
+            continue
+        if mount.get("mountPath") == n.mount_path:
+            return index
+        if first_of_socket is None and mount.get("name") == n.socket:
+            first_of_socket = index
+    return first_of_socket
 
 
 def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:

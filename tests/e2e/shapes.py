@@ -13,49 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.oracle import istio_pods
+from tests.shapes import spire_variants
 from webhook.config import Settings
 
 REPLAY_LABEL = "fixture"
-
-
-SPIRE_MOUNT_PATH = "/run/secrets/workload-spiffe-uds"
-
-
-def spire_variants(pod: dict[str, Any], settings: Settings) -> dict[str, dict[str, Any]]:
-    """Istio's documented `spire` template merged over `sidecar` (TEMPORARY: issue 10's
-    tests.shapes replaces this): the socket volume a CSI volume and istio-proxy mounting
-    it a second time at /run/..., before or after the sidecar's own mount."""
-    variants: dict[str, dict[str, Any]] = {}
-    for kind in ("before", "after"):
-        variant = json.loads(json.dumps(pod))
-        spec = variant.get("spec") or {}
-        proxies = [
-            c
-            for key in ("initContainers", "containers")
-            for c in spec.get(key) or []
-            if c.get("name") == settings.proxy_container
-        ]
-        if not proxies:
-            return {}
-        for proxy in proxies:
-            mounts = proxy.setdefault("volumeMounts", [])
-            extra = {
-                "name": settings.socket_volume,
-                "mountPath": SPIRE_MOUNT_PATH,
-                "readOnly": True,
-            }
-            mounts.insert(0, extra) if kind == "before" else mounts.append(extra)
-        for volume in spec.get("volumes") or []:
-            if volume.get("name") == settings.socket_volume:
-                volume.clear()
-                volume.update(
-                    {
-                        "name": settings.socket_volume,
-                        "csi": {"driver": settings.csi_driver, "readOnly": True},
-                    }
-                )
-        variants[kind] = variant
-    return variants
 
 
 def e2e_pods(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
@@ -65,7 +26,7 @@ def e2e_pods(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     for name, pod in istio_pods().items():
         pods[name] = pod
         for kind, variant in spire_variants(pod, settings).items():
-            pods[f"{name}.spire-{kind}"] = variant
+            pods[f"{name}.{kind}"] = variant
     return pods
 
 
