@@ -913,10 +913,9 @@ def _files(path: Path) -> Iterator[Path]:
 
 
 def test_every_kustomization_the_docs_apply_exists() -> None:
-    docs = "\n".join(
-        (ROOT / name).read_text() for name in ("README.md", "certs/README.md", "Dockerfile")
-    )
+    pages = [ROOT / name for name in ("README.md", "certs/README.md", "Dockerfile")]
+    docs = "\n".join(page.read_text() for page in [*pages, *sorted(ROOT.glob("docs/*.md"))])
     paths = set(re.findall(r"kubectl (?:apply|delete) -k (\S+?)/?(?=[\s`)]|$)", docs, re.M))
-    assert {"manifests/overlays/cert-manager", "certs"} <= paths
+    assert {"manifests/overlays/cert-manager", "certs", "manifests/overlays/policy"} <= paths
     for path in paths:
         assert (ROOT / path / "kustomization.yaml").is_file(), path
