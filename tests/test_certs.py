@@ -335,3 +335,52 @@ def test_days_must_be_positive(tmp_path: Path) -> None:
     code, _, stderr = run("--out", str(tmp_path), "--days", "0")
     assert code == 2
     assert "Invalid value for '--days': 0 is not in the range 1<=x<=3650." in stderr
+
+
+NAME_RULE = (
+    "(at most 63 lower case letters, digits and '-', starting and ending with a letter or digit)"
+)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "what"),
+    [
+        ("--service", "a b", "Service name"),
+        ("--service", "Hook", "Service name"),
+        ("--service", "-hook", "Service name"),
+        ("--service", "", "Service name"),
+        ("--service", "h" * 64, "Service name"),
+        ("--namespace", "a b", "namespace"),
+        ("--namespace", "infra.prod", "namespace"),
+        ("--namespace", "infra-", "namespace"),
+    ],
+)
+def test_a_service_or_namespace_kubernetes_would_refuse_is_a_usage_error(
+    tmp_path: Path, option: str, value: str, what: str
+) -> None:
+    code, stdout, stderr = run("--out", str(tmp_path / "out"), option, value)
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (
+        f"Error: Invalid value for {option}: not a valid {what}: {value!r} {NAME_RULE}"
+    )
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_service_name_setting_is_a_one_line_error_exit_1(tmp_path: Path) -> None:
+    code, stdout, stderr = run(
+        "--out", str(tmp_path / "out"), env={"ISTIO_SPIFFE_WEBHOOK_SERVICE_NAME": "my hook"}
+    )
+    assert (code, stdout, stderr) == (
+        1,
+        "",
+        f"Error: setting service_name: not a valid Service name: 'my hook' {NAME_RULE}\n",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_writer_refuses_a_bad_service_or_namespace_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        write_certificates(tmp_path / "out", service="hook", namespace="a b")
+    assert str(caught.value) == f"not a valid namespace: 'a b' {NAME_RULE}"
+    assert not (tmp_path / "out").exists()

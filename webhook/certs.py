@@ -45,6 +45,9 @@ CA_BUNDLE_PATCH = "ca-bundle-patch.yaml"
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+# Namespaces and Services are named by lower-case RFC 1123 labels (clusters without KEP-5311's
+# relaxed Service name validation also want a letter first; the certificate does not care).
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class CertificatesExist(Exception):
@@ -73,13 +76,34 @@ def service_names(service: str, namespace: str) -> list[str]:
     ]
 
 
+def check_service_name(name: str) -> None:
+    """Raises ValueError unless `name` can be a Service's name."""
+    _check_object_name(name, "Service name")
+
+
+def check_namespace(name: str) -> None:
+    """Raises ValueError unless `name` can be a namespace's name."""
+    _check_object_name(name, "namespace")
+
+
+def _check_object_name(name: str, what: str) -> None:
+    if not _OBJECT_NAME.match(name):
+        raise ValueError(
+            f"not a valid {what}: {name!r} (at most 63 lower case letters, digits and '-',"
+            " starting and ending with a letter or digit)"
+        )
+
+
 def subject_alternative_names(
     service: str, namespace: str, extra_sans: Sequence[str] = ()
 ) -> list[x509.GeneralName]:
     """The Service's DNS names, then each extra SAN (IP or DNS), without repeats.
 
-    Raises ValueError naming an extra SAN that is neither an IP address nor a DNS name.
+    Raises ValueError naming a service or namespace that Kubernetes would not accept, or an
+    extra SAN that is neither an IP address nor a DNS name.
     """
+    check_service_name(service)
+    check_namespace(namespace)
     names: list[x509.GeneralName] = []
     for value in [*service_names(service, namespace), *extra_sans]:
         name = general_name(value)
@@ -234,7 +258,7 @@ def write_certificates(
     """Make a CA and a serving certificate and write them, with the caBundle patch.
 
     Raises CertificatesExist (nothing written) when a file is there and `force` is off,
-    ValueError on a bad SAN or validity.
+    ValueError (nothing written) on a bad service, namespace, SAN or validity.
     """
     if valid_days < 1:
         raise ValueError(f"valid_days must be at least 1, got {valid_days}")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from webhook.certs import CertificatesExist, general_name, write_certificates
+from webhook.certs import (
+    CertificatesExist,
+    check_namespace,
+    check_service_name,
+    general_name,
+    write_certificates,
+)
 from webhook.commands.options import config_option, settings_from
 
 
@@ -48,6 +55,10 @@ def certs_command(
 ) -> None:
     """Make a CA and a serving certificate for the webhook's Service."""
     settings = settings_from(config)
+    service = _checked(
+        service, "--service", settings.service_name, "service_name", check_service_name
+    )
+    namespace = _checked(namespace, "--namespace", settings.namespace, "namespace", check_namespace)
     for san in sans:
         try:
             general_name(san)
@@ -56,8 +67,8 @@ def certs_command(
     try:
         files = write_certificates(
             out,
-            service=service or settings.service_name,
-            namespace=namespace or settings.namespace,
+            service=service,
+            namespace=namespace,
             extra_sans=sans,
             valid_days=days,
             force=force,
@@ -69,3 +80,17 @@ def certs_command(
         raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
     for path in (files.ca_cert, files.ca_key, files.cert, files.key, files.ca_bundle_patch):
         click.echo(f"wrote {path}")
+
+
+def _checked(
+    given: str | None, option: str, setting: str, name: str, check: Callable[[str], None]
+) -> str:
+    """The option's value, else the setting's; a usage error for a bad option value, a
+    one-line error (exit status 1, as for any bad setting) for a bad setting."""
+    try:
+        check(setting if given is None else given)
+    except ValueError as error:
+        if given is None:
+            raise click.ClickException(f"setting {name}: {error}") from None
+        raise click.BadParameter(str(error), param_hint=option) from None
+    return setting if given is None else given
