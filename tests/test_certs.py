@@ -24,6 +24,7 @@ from webhook.certs import (
     general_name,
     make_ca,
     make_serving_certificate,
+    service_names,
     write_certificates,
 )
 from webhook.cli import main
@@ -377,6 +378,18 @@ def test_a_bad_service_name_setting_is_a_one_line_error_exit_1(tmp_path: Path) -
         f"Error: setting service_name: not a valid Service name: 'my hook' {NAME_RULE}\n",
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_service_and_namespace_of_63_characters_are_in_the_sans_and_the_cn_is_cut_to_64(
+    tmp_path: Path,
+) -> None:
+    service, namespace = "h" * 63, "0" + "n" * 62  # a namespace may start with a digit
+    code, _, stderr = run("--out", str(tmp_path), "--service", service, "--namespace", namespace)
+    assert (code, stderr) == (0, "")
+    leaf, ca = load(tmp_path / "tls.crt"), load(tmp_path / "ca.crt")
+    assert sans(leaf) == [x509.DNSName(name) for name in service_names(service, namespace)]
+    assert leaf.subject.rfc4514_string() == f"CN={service}"  # the dot after it cut too
+    assert ca.subject.rfc4514_string() == f"CN={service}"
 
 
 def test_the_writer_refuses_a_bad_service_or_namespace_and_writes_nothing(tmp_path: Path) -> None:

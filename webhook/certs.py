@@ -43,6 +43,7 @@ CA_BUNDLE_PATCH = "ca-bundle-patch.yaml"
 
 # Backdate validity a little: a node whose clock runs behind must still accept the pair.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
+_MAX_COMMON_NAME = 64  # RFC 5280's ub-common-name
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"^(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 # Namespaces and Services are named by lower-case RFC 1123 labels (clusters without KEP-5311's
@@ -141,6 +142,13 @@ def _builder(
     )
 
 
+def _common_name(text: str) -> x509.Name:
+    """CN=text, cut to X.509's 64 characters: long Service and namespace names fit in SANs
+    but not in a CN, which is only a label (clients match the SANs)."""
+    cut = text[:_MAX_COMMON_NAME].rstrip(" .")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cut)])
+
+
 def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
@@ -160,7 +168,7 @@ def make_ca(
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A self-signed CA that may sign end-entity certificates only (pathlen 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = _common_name(common_name)
     public = key.public_key()
     certificate = (
         _builder(name, name, public, valid_days)
@@ -186,7 +194,7 @@ def make_serving_certificate(
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key()
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{service}.{namespace}.svc")])
+    subject = _common_name(f"{service}.{namespace}.svc")
     certificate = (
         _builder(subject, ca_cert.subject, public, valid_days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
