@@ -14,7 +14,7 @@ from webhook.certs import (
     general_name,
     write_certificates,
 )
-from webhook.commands.options import config_option, settings_from
+from webhook.commands.options import config_option, settings_default, settings_from
 
 
 @click.command("certs")
@@ -26,8 +26,16 @@ from webhook.commands.options import config_option, settings_from
     show_default=True,
     help="Directory to write ca.crt, ca.key, tls.crt, tls.key and ca-bundle-patch.yaml to.",
 )
-@click.option("--service", default=None, help="Service name [default: Settings.service_name].")
-@click.option("--namespace", default=None, help="Namespace [default: Settings.namespace].")
+@click.option(
+    "--service",
+    default=None,
+    help=f"Service name (setting service_name) [default: {settings_default('service_name')}].",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    help=f"Its namespace (setting namespace) [default: {settings_default('namespace')}].",
+)
 @click.option(
     "--san",
     "sans",
