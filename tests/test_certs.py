@@ -205,13 +205,22 @@ def test_the_writer_returns_the_paths_it_wrote_and_refuses_to_overwrite_without_
 ) -> None:
     out = tmp_path / "out"
     files = write_certificates(out, service="s", namespace="n")
+    five = (
+        out / "ca.crt",
+        out / "ca.key",
+        out / "tls.crt",
+        out / "tls.key",
+        out / "ca-bundle-patch.yaml",
+    )
     assert files == CertificateFiles(
         directory=out,
-        ca_cert=out / "ca.crt",
-        ca_key=out / "ca.key",
-        cert=out / "tls.crt",
-        key=out / "tls.key",
-        ca_bundle_patch=out / "ca-bundle-patch.yaml",
+        ca_cert=five[0],
+        ca_key=five[1],
+        cert=five[2],
+        key=five[3],
+        ca_bundle_patch=five[4],
+        written=five,
+        warnings=(),
     )
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(written) == ["ca-bundle-patch.yaml", "ca.crt", "ca.key", "tls.crt", "tls.key"]
