@@ -86,8 +86,8 @@ class CertificateAuthority:
 
 @dataclass(frozen=True, slots=True)
 class CertificateFiles:
-    """Where `write_certificates` put the CA and the serving certificate: every path, the
-    files it wrote (not `ca_key` when the CA was given), and warnings for the user."""
+    """Where the CA and the serving certificate are; from `write_certificates` also the files
+    it wrote (not `ca_key` when the CA was given) and warnings for the user."""
 
     directory: Path
     ca_cert: Path
@@ -95,7 +95,7 @@ class CertificateFiles:
     cert: Path
     key: Path
     ca_bundle_patch: Path
-    written: tuple[Path, ...]
+    written: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
 
 
