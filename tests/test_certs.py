@@ -24,6 +24,7 @@ from webhook.certs import (
     general_name,
     make_ca,
     make_serving_certificate,
+    service_names,
     write_certificates,
 )
 from webhook.cli import main
@@ -204,13 +205,22 @@ def test_the_writer_returns_the_paths_it_wrote_and_refuses_to_overwrite_without_
 ) -> None:
     out = tmp_path / "out"
     files = write_certificates(out, service="s", namespace="n")
+    five = (
+        out / "ca.crt",
+        out / "ca.key",
+        out / "tls.crt",
+        out / "tls.key",
+        out / "ca-bundle-patch.yaml",
+    )
     assert files == CertificateFiles(
         directory=out,
-        ca_cert=out / "ca.crt",
-        ca_key=out / "ca.key",
-        cert=out / "tls.crt",
-        key=out / "tls.key",
-        ca_bundle_patch=out / "ca-bundle-patch.yaml",
+        ca_cert=five[0],
+        ca_key=five[1],
+        cert=five[2],
+        key=five[3],
+        ca_bundle_patch=five[4],
+        written=five,
+        warnings=(),
     )
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(written) == ["ca-bundle-patch.yaml", "ca.crt", "ca.key", "tls.crt", "tls.key"]
@@ -335,3 +345,64 @@ def test_days_must_be_positive(tmp_path: Path) -> None:
     code, _, stderr = run("--out", str(tmp_path), "--days", "0")
     assert code == 2
     assert "Invalid value for '--days': 0 is not in the range 1<=x<=3650." in stderr
+
+
+NAME_RULE = (
+    "(at most 63 lower case letters, digits and '-', starting and ending with a letter or digit)"
+)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "what"),
+    [
+        ("--service", "a b", "Service name"),
+        ("--service", "Hook", "Service name"),
+        ("--service", "-hook", "Service name"),
+        ("--service", "", "Service name"),
+        ("--service", "h" * 64, "Service name"),
+        ("--namespace", "a b", "namespace"),
+        ("--namespace", "infra.prod", "namespace"),
+        ("--namespace", "infra-", "namespace"),
+    ],
+)
+def test_a_service_or_namespace_kubernetes_would_refuse_is_a_usage_error(
+    tmp_path: Path, option: str, value: str, what: str
+) -> None:
+    code, stdout, stderr = run("--out", str(tmp_path / "out"), option, value)
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (
+        f"Error: Invalid value for {option}: not a valid {what}: {value!r} {NAME_RULE}"
+    )
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_service_name_setting_is_a_one_line_error_exit_1(tmp_path: Path) -> None:
+    code, stdout, stderr = run(
+        "--out", str(tmp_path / "out"), env={"ISTIO_SPIFFE_WEBHOOK_SERVICE_NAME": "my hook"}
+    )
+    assert (code, stdout, stderr) == (
+        1,
+        "",
+        f"Error: setting service_name: not a valid Service name: 'my hook' {NAME_RULE}\n",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_service_and_namespace_of_63_characters_are_in_the_sans_and_the_cn_is_cut_to_64(
+    tmp_path: Path,
+) -> None:
+    service, namespace = "h" * 63, "0" + "n" * 62  # a namespace may start with a digit
+    code, _, stderr = run("--out", str(tmp_path), "--service", service, "--namespace", namespace)
+    assert (code, stderr) == (0, "")
+    leaf, ca = load(tmp_path / "tls.crt"), load(tmp_path / "ca.crt")
+    assert sans(leaf) == [x509.DNSName(name) for name in service_names(service, namespace)]
+    assert leaf.subject.rfc4514_string() == f"CN={service}"  # the dot after it cut too
+    assert ca.subject.rfc4514_string() == f"CN={service}"
+
+
+def test_the_writer_refuses_a_bad_service_or_namespace_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        write_certificates(tmp_path / "out", service="hook", namespace="a b")
+    assert str(caught.value) == f"not a valid namespace: 'a b' {NAME_RULE}"
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from webhook import __version__
 from webhook.cli import COMMANDS, LazyGroup, main
+from webhook.commands.options import settings_default
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "policy", "template"]
@@ -68,6 +69,41 @@ def test_every_subcommand_resolves_to_a_click_command_named_after_it(name: str) 
     assert "  --config FILE " in result.output  # the README promises it for every subcommand
 
 
+def help_text(*args: str) -> str:
+    result = CliRunner().invoke(main, [*args, "--help"], terminal_width=1000)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_no_help_shows_a_settings_field_name_where_its_default_value_belongs(name: str) -> None:
+    assert "Settings." not in help_text(name)
+
+
+def test_certs_help_shows_the_built_in_service_and_namespace() -> None:
+    lines = help_text("certs").splitlines()
+    assert [
+        line.split(None, 2)[2] for line in lines if line.startswith(("  --serv", "  --name"))
+    ] == [
+        "Service name (setting service_name) [default: istio-spiffe-webhook].",
+        "Its namespace (setting namespace) [default: istio-spiffe-webhook].",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("host", "0.0.0.0"),
+        ("port", "8443"),
+        ("tls_cert_file", "certs/tls.crt"),
+        ("service_name", "istio-spiffe-webhook"),
+        ("log_level", "info"),
+    ],
+)
+def test_settings_default_is_the_fields_built_in_default_as_text(field: str, text: str) -> None:
+    assert settings_default(field) == text
+
+
 def test_help_and_mutate_never_import_the_kubernetes_client() -> None:
     code = (
         "import sys\n"
@@ -112,3 +148,14 @@ def test_the_serving_modules_import_neither_click_nor_the_command_line(module: s
     assert {
         name for name in imported if name.startswith(("webhook.cli", "webhook.commands"))
     } == set()
+
+
+def test_serve_help_shows_the_built_in_host_port_and_pair() -> None:
+    text = " ".join(help_text("serve").split())
+    for expected in (
+        "Address to listen on [default: 0.0.0.0].",
+        "TLS port [default: 8443].",
+        "Serving certificate (PEM) [default: certs/tls.crt].",
+        "Its private key (PEM, unencrypted) [default: certs/tls.key].",
+    ):
+        assert expected in text

@@ -23,12 +23,12 @@ for a single document, with paths into that document (`/spec/template/...` for a
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonpatch
 import yaml
 
 from webhook.config import Settings
@@ -163,7 +163,9 @@ def process(document: Any, settings: Settings, where: str) -> Outcome:
         return _review(document, settings, where)
     ops, warnings = object_ops(document, settings, where)
     if ops:
-        apply_ops(document, ops)
+        # In place: an `add` of an existing key sets the value where the key is, so the
+        # output keeps the input's key order.
+        document = jsonpatch.apply_patch(document, ops, in_place=True)
     return Outcome(document, ops, warnings)
 
 
@@ -234,34 +236,6 @@ def _review(document: dict[str, Any], settings: Settings, where: str) -> Outcome
         decision.result.ops,
         [f"{label}: {warning}" for warning in decision.result.warnings],
     )
-
-
-def apply_ops(document: Any, ops: list[Op]) -> None:
-    """Apply `rewrite()`'s JSON Patch ops (add, replace, remove) to `document` in place.
-
-    Only the three operations and the paths `rewrite()` emits into the document it read;
-    an `add` of an existing key replaces the value where it is, so key order is kept.
-    """
-    for op in ops:
-        *parents, last = [
-            token.replace("~1", "/").replace("~0", "~") for token in op["path"].split("/")[1:]
-        ]
-        target = document
-        for token in parents:
-            target = target[int(token)] if isinstance(target, list) else target[token]
-        if isinstance(target, list):
-            if op["op"] == "remove":
-                del target[int(last)]
-            elif op["op"] == "replace":
-                target[int(last)] = copy.deepcopy(op["value"])
-            elif last == "-":
-                target.append(copy.deepcopy(op["value"]))
-            else:
-                target.insert(int(last), copy.deepcopy(op["value"]))
-        elif op["op"] == "remove":
-            del target[last]
-        else:
-            target[last] = copy.deepcopy(op["value"])
 
 
 # --- Writing -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""What several commands share: the config file option, settings from it, the cluster's
-kubeconfig and context, and cluster errors as click errors with exit status 2."""
+"""What several commands share: the config file option, settings from it and their defaults
+as --help shows them, the cluster's kubeconfig and context, and cluster errors as click
+errors with exit status 2."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def settings_from(config: str | None, **overrides: Any) -> Settings:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+
+
+def settings_default(field: str) -> str:
+    """A setting's built-in default as text, for the help of an option that defaults to
+    the setting (`default=None`, so the environment and the config file still apply):
+    `help=f"... [default: {settings_default('host')}]."` shows `[default: 0.0.0.0]`."""
+    from webhook.config import Settings
+
+    return str(Settings.model_fields[field].get_default(call_default_factory=True))
 
 
 kubeconfig_option = click.option(

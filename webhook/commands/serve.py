@@ -6,25 +6,30 @@ from pathlib import Path
 
 import click
 
-from webhook.commands.options import config_option, settings_from
+from webhook.commands.options import config_option, settings_default, settings_from
 
 
 @click.command("serve")
-@click.option("--host", default=None, help="Address to listen on [default: Settings.host].")
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=None, help="TLS port [default: 8443]."
+    "--host", default=None, help=f"Address to listen on [default: {settings_default('host')}]."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"TLS port [default: {settings_default('port')}].",
 )
 @click.option(
     "--cert",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Serving certificate (PEM) [default: certs/tls.crt].",
+    help=f"Serving certificate (PEM) [default: {settings_default('tls_cert_file')}].",
 )
 @click.option(
     "--key",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Its private key (PEM, unencrypted) [default: certs/tls.key].",
+    help=f"Its private key (PEM, unencrypted) [default: {settings_default('tls_key_file')}].",
 )
 @config_option
 def serve_command(
