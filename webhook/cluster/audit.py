@@ -6,6 +6,11 @@ without istio-proxy and pods that opted out are left alone by the rewrite and so
 findings. Findings are grouped by the workload that owns them (a ReplicaSet's Deployment, a
 Job's CronJob) with the command that recreates them through the webhook.
 
+A pod in a namespace that did not opt in and that takes its certificates from istiod (no
+Workload API socket is mounted into istio-proxy) is healthy as Istio built it: it is counted
+(`podsOnIstiod`), not a finding, unless `--include-istiod` asks for the whole mesh to use the
+Workload API.
+
 A finding in a namespace labelled for the webhook that Istio injected
 (`sidecar.istio.io/status`) but that lacks the identity label was missed by the webhook: it
 was down, installed later, or ran before Istio's injector without reinvocation. Those are
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import click
 
@@ -32,12 +36,19 @@ from webhook.cluster.client import (
     kubeconfig_option,
     load_api_client,
 )
+from webhook.cluster.pods import (
+    OwnerResolver,
+    PodNotFound,
+    PodSelection,
+    namespace_of,
+    select_pods,
+    takes_certificates_from_istiod,
+)
 from webhook.config import Settings
 from webhook.rewrite import InvalidPod, rewrite
 
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-FINISHED_PHASES = ("Succeeded", "Failed")
 TABLE_NAMES = 5  # pod names shown per line of the table (JSON and YAML list them all)
 
 
@@ -82,10 +93,17 @@ class Owner:
     "-A", "--all-namespaces", "all_namespaces", is_flag=True, help="Every namespace (default)."
 )
 @click.option("-l", "--selector", default=None, help="Only pods matching this label selector.")
+@click.option("--pod", "pod", default=None, help="Only the pod with this name.")
 @click.option(
     "--only-opted-in",
     is_flag=True,
     help="Skip namespaces that are not labelled for the webhook.",
+)
+@click.option(
+    "--include-istiod",
+    is_flag=True,
+    help="Also report pods in namespaces not labelled for the webhook that take their"
+    " certificates from istiod (when the whole mesh should use the Workload API).",
 )
 @click.option(
     "-o",
@@ -101,7 +119,9 @@ def audit_command(
     namespace: str | None,
     all_namespaces: bool,
     selector: str | None,
+    pod: str | None,
     only_opted_in: bool,
+    include_istiod: bool,
     output: str,
     kubeconfig: str | None,
     context: str | None,
@@ -116,7 +136,11 @@ def audit_command(
         raise click.UsageError("use either --namespace or --all-namespaces")
     settings: Settings = settings_from(config)
     cluster = Cluster(load_api_client(kubeconfig, context))
-    report = run_audit(cluster, settings, namespace, selector, only_opted_in)
+    selection = PodSelection(namespace, selector, pod, only_opted_in)
+    try:
+        report = run_audit(cluster, settings, selection, include_istiod)
+    except PodNotFound as error:
+        raise click.ClickException(str(error)) from None
     click.echo(dump(report, output) if output != "table" else table(report))
     sys.exit(1 if report["podsToFix"] or report.get("unreadablePods") else 0)
 
@@ -124,37 +148,19 @@ def audit_command(
 def run_audit(
     cluster: Cluster,
     settings: Settings,
-    namespace: str | None,
-    selector: str | None,
-    only_opted_in: bool = False,
+    selection: PodSelection,
+    include_istiod: bool = False,
 ) -> Json:
     """The audit report as a JSON-ready dict."""
-    opted_in = _opted_in_namespaces(cluster, settings, namespace)
-    if namespace:
-        pods = cluster.items(
-            f"pods in namespace {namespace}",
-            cluster.core.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
-        )
-    else:
-        pods = cluster.items(
-            "pods in all namespaces",
-            cluster.core.list_pod_for_all_namespaces,
-            label_selector=selector,
-        )
+    selected = select_pods(cluster, settings, selection)
+    opted_in = selected.opted_in
     owners: dict[tuple[str, str, str], Owner] = {}
-    resolver = _OwnerResolver(cluster)
-    checked = 0
+    resolver = OwnerResolver(cluster)
+    checked = on_istiod = 0
     skipped: list[Json] = []
-    for pod in pods:
+    for pod in selected.pods:
         metadata = pod.get("metadata") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in FINISHED_PHASES or metadata.get("deletionTimestamp"):
-            continue
-        ns = str(metadata.get("namespace") or "")
-        if only_opted_in and ns not in opted_in:
-            continue
+        ns = namespace_of(pod)
         checked += 1
         try:
             result = rewrite(pod, settings)
@@ -162,6 +168,13 @@ def run_audit(
             skipped.append({"namespace": ns, "name": metadata.get("name"), "error": str(error)})
             continue
         if result.compliant:
+            continue
+        if (
+            ns not in opted_in
+            and not include_istiod
+            and takes_certificates_from_istiod(pod, settings)
+        ):
+            on_istiod += 1  # healthy as Istio made it: istiod renews it
             continue
         kind, name = resolver.owner(pod)
         key = (ns, kind, name)
@@ -197,6 +210,7 @@ def run_audit(
     report: Json = {
         "podsChecked": checked,
         "podsToFix": sum(len(g["pods"]) for g in groups),
+        "podsOnIstiod": on_istiod,
         "owners": groups,
     }
     if skipped:
@@ -204,72 +218,22 @@ def run_audit(
     return report
 
 
-def _opted_in_namespaces(cluster: Cluster, settings: Settings, namespace: str | None) -> set[str]:
-    key, value = settings.inject_label, settings.inject_enabled_value
-    if namespace:
-        ns = cluster.call(
-            f"namespace {namespace}", cluster.core.read_namespace, namespace, missing_ok=True
-        )
-        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
-        return {namespace} if labels.get(key) == value else set()
-    return {
-        str((item.get("metadata") or {}).get("name"))
-        for item in cluster.items(
-            "namespaces", cluster.core.list_namespace, label_selector=f"{key}={value}"
-        )
-    }
-
-
-class _OwnerResolver:
-    """A pod's top owner: Deployment via ReplicaSet, CronJob via Job, itself when bare."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.cache: dict[tuple[str, str, str], tuple[str, str]] = {}
-
-    def owner(self, pod: Json) -> tuple[str, str]:
-        metadata = pod.get("metadata") or {}
-        ref = _controller(metadata)
-        if ref is None:
-            return "Pod", str(metadata.get("name"))
-        kind, name = str(ref.get("kind")), str(ref.get("name"))
-        ns = str(metadata.get("namespace") or "")
-        group = str(ref.get("apiVersion") or "").split("/")[0]
-        if (kind, group) == ("ReplicaSet", "apps"):
-            return self._parent(
-                ns, kind, name, "Deployment", self.cluster.apps.read_namespaced_replica_set
-            )
-        if (kind, group) == ("Job", "batch"):
-            return self._parent(ns, kind, name, "CronJob", self.cluster.batch.read_namespaced_job)
-        return kind, name
-
-    def _parent(self, ns: str, kind: str, name: str, parent: str, read: Any) -> tuple[str, str]:
-        key = (ns, kind, name)
-        if key not in self.cache:
-            obj = self.cluster.call(
-                f"{kind.lower()} {name} in namespace {ns}", read, name, ns, missing_ok=True
-            )
-            ref = _controller((obj or {}).get("metadata") or {})
-            if ref is not None and ref.get("kind") == parent:
-                self.cache[key] = (parent, str(ref.get("name")))
-            else:
-                self.cache[key] = (kind, name)
-        return self.cache[key]
-
-
-def _controller(metadata: Json) -> Json | None:
-    for ref in metadata.get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("controller") is True:
-            return ref
-    return None
-
-
 def table(report: Json) -> str:
     """The report for people: one block per owner, its fix, then the missed pods."""
+    on_istiod = ""
+    if report["podsOnIstiod"]:
+        on_istiod = (
+            f"{report['podsOnIstiod']} pods in namespaces not labelled for the webhook take their"
+            " certificates from istiod, which renews them: not findings (--include-istiod"
+            " lists them when the whole mesh should use the Workload API)."
+        )
     if not report["podsToFix"] and not report.get("unreadablePods"):
-        return (
-            f"All good: none of the {report['podsChecked']} running pods checked needs a"
-            " restart to rotate its certificates."
+        return "\n".join(
+            [
+                f"All good: none of the {report['podsChecked']} running pods checked needs a"
+                " restart to rotate its certificates.",
+                *([on_istiod] if on_istiod else []),
+            ]
         )
     lines = [
         f"{report['podsToFix']} of {report['podsChecked']} running pods run istio-proxy with"
@@ -305,4 +269,6 @@ def table(report: Json) -> str:
         lines.append("")
     for pod in report.get("unreadablePods", []):
         lines.append(f"skipped {pod['namespace']}/{pod['name']}: {pod['error']}")
+    if on_istiod:
+        lines.append(on_istiod)
     return "\n".join(lines).rstrip("\n")
