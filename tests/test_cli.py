@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from webhook import __version__
 from webhook.cli import COMMANDS, LazyGroup, main
 
-SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "policy"]
+SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "verify", "policy"]
 
 
 def test_version_prints_name_and_version() -> None:
@@ -23,7 +23,7 @@ def test_version_prints_name_and_version() -> None:
     )
 
 
-def test_help_lists_the_six_subcommands_in_order() -> None:
+def test_help_lists_the_seven_subcommands_in_order() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     section = result.output.split("Commands:\n", 1)[1]

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("webhook.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.cluster.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.cluster.doctor:doctor_command", "Check the cluster's set-up."),
+    "verify": (
+        "webhook.commands.verify:verify_command",
+        "Read each proxy's certificate and say if it rotates.",
+    ),
     "policy": ("webhook.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
 }
 
