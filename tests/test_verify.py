@@ -160,7 +160,7 @@ def test_a_young_svid_is_rotating_with_everything_envoy_holds(
                         "name": "web-6d4cf-a",
                         "verdict": "rotating",
                         "reason": "issued 10m0s ago, 17% into its 1h0m0s lifetime; renewal due"
-                        f" at {t('10:20:00')}",
+                        f" by {t('10:23:00')}",
                         "checkedAt": t("10:00:00"),
                         "default": {
                             "spiffeId": "spiffe://example.org/ns/shop/sa/web",
@@ -195,14 +195,14 @@ def test_a_young_svid_is_rotating_with_everything_envoy_holds(
 @pytest.mark.parametrize(
     ("minutes_old", "verdict", "reason"),
     [
-        (0, "rotating", "issued 0s ago, 0% into its 1h0m0s lifetime; renewal due at"
-                        " 2026-11-20T10:30:00Z"),
-        (32, "rotating", "issued 32m0s ago, 53% into its 1h0m0s lifetime; renewal due at"
+        (0, "rotating", "issued 0s ago, 0% into its 1h0m0s lifetime; renewal due by"
+                        " 2026-11-20T10:33:00Z"),
+        (35, "rotating", "issued 35m0s ago, 58% into its 1h0m0s lifetime; renewal due by"
                          " 2026-11-20T09:58:00Z"),  # within the 2 minutes a push may take
-        (32.5, "stale", "issued 32m30s ago, 54% into its 1h0m0s lifetime: the provider renews"
-                        " at 50% (2026-11-20T09:57:30Z) and nothing renewed it"),
+        (35.5, "stale", "issued 35m30s ago, 59% into its 1h0m0s lifetime: the provider renews"
+                        " by 55% (2026-11-20T09:57:30Z) and nothing renewed it"),
         (59.9, "stale", "issued 59m54s ago, 100% into its 1h0m0s lifetime: the provider renews"
-                        " at 50% (2026-11-20T09:30:06Z) and nothing renewed it"),
+                        " by 55% (2026-11-20T09:33:06Z) and nothing renewed it"),
         (60, "expired", "expired 0s ago (2026-11-20T10:00:00Z): nothing renewed it"),
         (75, "expired", "expired 15m0s ago (2026-11-20T09:45:00Z): nothing renewed it"),
         (-5, "expired", "not valid before 2026-11-20T10:05:00Z, 5m0s after this machine's"
@@ -561,12 +561,12 @@ def test_the_table_shows_each_owner_its_pods_columns_reasons_and_what_to_do(
         "            EXPIRES               LEFT   SDS UPDATED",
         f"  web-6d4cf-a  rotating  spiffe://example.org/ns/shop/sa/web  {fresh.serial}"
         f"  {t('09:50:00')}  {t('10:50:00')}  50m0s  2026-11-20T09:50:00.5Z",
-        f"      issued 10m0s ago, 17% into its 1h0m0s lifetime; renewal due at {t('10:20:00')}",
+        f"      issued 10m0s ago, 17% into its 1h0m0s lifetime; renewal due by {t('10:23:00')}",
         "      ROOTCA CN=Root CA,O=my-company.org expires 2035-12-30T00:00:00Z",
         f"  web-6d4cf-b  stale     spiffe://example.org/ns/shop/sa/web  {old.serial}"
         f"  {t('09:20:00')}  {t('10:20:00')}  20m0s  2026-11-20T09:20:00.1Z",
-        "      issued 40m0s ago, 67% into its 1h0m0s lifetime: the provider renews at 50%"
-        f" ({t('09:50:00')}) and nothing renewed it",
+        "      issued 40m0s ago, 67% into its 1h0m0s lifetime: the provider renews by 55%"
+        f" ({t('09:53:00')}) and nothing renewed it",
         "      ROOTCA CN=Root CA,O=my-company.org expires 2035-12-30T00:00:00Z",
         "",
         "stale: the Workload API provider did not renew it: check the SPIRE agent on the pod's"
@@ -771,8 +771,8 @@ def test_watch_catches_a_provider_that_stopped_renewing(fake: f.FakeAPI, kubecon
     pod = only_pod(report)
     assert (pod["verdict"], pod["reason"]) == (
         "stale",
-        f"at {t('10:25:00')}: issued 35m0s ago, 58% into its 1h0m0s lifetime: the provider"
-        f" renews at 50% ({t('10:20:00')}) and nothing renewed it",
+        f"at {t('10:30:00')}: issued 40m0s ago, 67% into its 1h0m0s lifetime: the provider"
+        f" renews by 55% ({t('10:23:00')}) and nothing renewed it",
     )
     (serial,) = pod["serials"]
     assert (serial["lastSeen"], serial["heldAfterExpiry"]) == (t("11:10:00"), True)
@@ -807,7 +807,7 @@ def test_watch_with_no_renewal_due_says_so(fake: f.FakeAPI, kubeconfig: Path) ->
     pod = only_pod(report)
     assert (pod["verdict"], pod["reason"], pod["renewals"]) == (
         "rotating",
-        f"valid at every sample; no renewal was due while watching (next due at {t('10:30:00')})",
+        f"valid at every sample; no renewal was due while watching (next due by {t('10:33:00')})",
         0,
     )
 

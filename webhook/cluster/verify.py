@@ -7,9 +7,9 @@ config_dump?resource=dynamic_active_secrets`, run in istio-proxy over `pods/exec
 on distroless proxies, and it asks the admin port on localhost. What the `default` secret
 holds and what `/certs` says the TLS contexts serve are judged against a clock:
 
-- `rotating`: valid, and younger than the point of its lifetime at which a Workload API
-  provider renews it (SPIRE renews an X509-SVID at half its lifetime), plus `RENEW_GRACE`
-  for the provider's sync and the SDS push;
+- `rotating`: valid, and younger than the point of its lifetime by which a Workload API
+  provider has renewed it (SPIRE: 55%, see `RENEW_BY`), plus `RENEW_GRACE` for the
+  provider's sync and the SDS push;
 - `stale`: valid but older than that: nothing renewed it;
 - `expired`: outside its validity (past its end, or not yet valid by this machine's clock);
 - `foreign`: not an SVID of `trust_domain`, or issued by istiod's CA (its self-signed CA's
@@ -63,8 +63,10 @@ ROTATING, STALE, EXPIRED, FOREIGN, MISMATCH, MISSING, UNREACHABLE = (
     "rotating", "stale", "expired", "foreign", "mismatch", "missing", "unreachable",
 )  # fmt: skip
 VERDICTS = (ROTATING, STALE, EXPIRED, FOREIGN, MISMATCH, MISSING, UNREACHABLE)
-# SPIRE's agent renews an X509-SVID once half its lifetime has passed.
-RENEW_FRACTION = 0.5
+# SPIRE's agent renews an X509-SVID once less than half its lifetime is left, that half
+# jittered by +-10% (spiffe/spire pkg/common/rotationutil/rotationutil.go; older releases:
+# exactly half): by 55% of its lifetime at the latest. Teleport's tbot renews earlier.
+RENEW_BY = 0.55
 # ... then its cache sync and the SDS push take seconds: allow this much after that point.
 RENEW_GRACE = datetime.timedelta(minutes=2)
 CERTS_PATH = "certs"
@@ -91,7 +93,7 @@ class Criteria:
 
     trust_domain: str | None = None
     istiod_issuers: frozenset[str] = frozenset()  # RFC 4514 subjects of istiod's CAs
-    renew_fraction: float = RENEW_FRACTION
+    renew_by: float = RENEW_BY  # share of its lifetime by which a renewal has happened
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,14 @@ def judge(
         )
     lifetime = leaf.not_after - leaf.not_before
     age = max(now - leaf.not_before, datetime.timedelta(0))
-    renew_at = leaf.not_before + lifetime * criteria.renew_fraction
+    renew_at = leaf.not_before + lifetime * criteria.renew_by
     share = f"{_percent(age, lifetime)} into its {duration_text(lifetime)} lifetime"
     if now > renew_at + RENEW_GRACE:
         return STALE, (
-            f"issued {duration_text(age)} ago, {share}: the provider renews at"
-            f" {criteria.renew_fraction:.0%} ({timestamp(renew_at)}) and nothing renewed it"
+            f"issued {duration_text(age)} ago, {share}: the provider renews by"
+            f" {criteria.renew_by:.0%} ({timestamp(renew_at)}) and nothing renewed it"
         )
-    reason = f"issued {duration_text(age)} ago, {share}; renewal due at {timestamp(renew_at)}"
+    reason = f"issued {duration_text(age)} ago, {share}; renewal due by {timestamp(renew_at)}"
     if not mine:
         reason += "; no TLS listener or cluster uses it yet (/certs lists none)"
     return ROTATING, reason
@@ -531,9 +533,9 @@ def watch_json(readings: list[Reading], criteria: Criteria) -> Json:
             if last.default is not None:
                 cert = last.default
                 renew_at = cert.not_before + (cert.not_after - cert.not_before) * (
-                    criteria.renew_fraction
+                    criteria.renew_by
                 )
-                due = f" (next due at {timestamp(renew_at)})"
+                due = f" (next due by {timestamp(renew_at)})"
             reason = f"valid at every sample; no renewal was due while watching{due}"
     return {
         "verdict": verdict,
