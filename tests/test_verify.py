@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -937,3 +938,15 @@ def test_the_watch_table_lists_each_serial(fake: f.FakeAPI, kubeconfig: Path) ->
         f"      serial {second.serial}  valid {t('10:20:00')} to {t('11:20:00')}  seen"
         f" {t('10:30:00')} to {t('10:30:00')}  arrived before the previous one expired",
     ]
+
+
+def test_the_docs_explain_every_verdict_and_every_option() -> None:
+    from webhook.commands.verify import verify_command
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "verify.md").read_text()
+    table = docs.split("| verdict | when |", 1)[1].split("\n\n", 1)[0]
+    assert sorted(re.findall(r"^\| `(\w+)` \|", table, re.M)) == sorted(VERDICTS)
+    for param in verify_command.params:
+        for name in param.opts:
+            if name.startswith("--"):
+                assert f"`{name}" in docs, name

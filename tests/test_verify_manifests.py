@@ -18,6 +18,7 @@ from webhook.cli import COMMANDS
 from webhook.config import Settings
 
 COMPONENT = MANIFESTS / "components" / "verify"
+DOCS = ROOT / "docs" / "verify.md"
 ACCOUNT = {"kind": "ServiceAccount", "name": "istio-spiffe-webhook-verify",
            "namespace": "istio-spiffe-webhook"}  # fmt: skip
 
@@ -205,3 +206,23 @@ def test_the_role_allows_every_api_call_verify_makes(installs: dict[str, Objects
         verb = {"read": "get", "list": "list"}[method]
         assert any(r == resource and v == verb for _, r, v in granted), (method, kind)
     assert "connect_get_namespaced_pod_exec" in (ROOT / "webhook/cluster/podexec.py").read_text()
+
+
+def test_the_kustomization_the_docs_show_renders_with_the_installs_image(
+    tmp_path: Path,
+) -> None:
+    block = re.search(r"```yaml\n# kustomization\.yaml\n(.*?)```", DOCS.read_text(), re.S)
+    assert block, "docs/verify.md shows the user's kustomization"
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(block.group(1).replace("<path to this repo>", ".."))
+    objs = kustomize(mine)
+    assert (
+        one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        == IMAGE
+    )
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    one(objs, "ClusterRoleBinding", "istio-spiffe-webhook-verify")
