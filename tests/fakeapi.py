@@ -13,8 +13,10 @@ RFC 6455 upgrade (`Sec-WebSocket-Accept`, the first of the client's subprotocols
 speaks, `v5.channel.k8s.io` or `v4.channel.k8s.io`), then unmasked binary frames whose first
 byte is the channel (1 stdout, 2 stderr, 3 the kubelet's final `Status`), then a close frame.
 Refusals come before the upgrade, as a plain HTTP answer with a `Status` body: 403 when
-`pods/exec` is denied, 404 for a missing pod, 400 for a container the pod does not have or a
-pod without a node (`pkg/registry/core/pod/strategy.go`), 400 for a GET without an upgrade.
+`pods/exec` is denied (worded as a 1.36 API server words it to an account with neither verb:
+the WebSocket upgrade is a GET, authorized as `get` first), 404 for a missing pod, 400 for a
+container the pod does not have or a pod without a node (`pkg/registry/core/pod/strategy.go`),
+400 for a GET without an upgrade.
 What a container runs is a Python function the test registers (`FakeAPI.processes`).
 
 Objects are built with the `kubernetes` client's own models and
@@ -336,7 +338,7 @@ class FakeAPI:
                 403,
                 "Forbidden",
                 f'pods "{name}" is forbidden: User "system:serviceaccount:default:auditor"'
-                f' cannot create resource "pods/exec" in API group "" in the namespace'
+                f' cannot get resource "pods/exec" in API group "" in the namespace'
                 f' "{namespace}"',
                 {"name": name, "kind": "pods"},
             )

@@ -92,7 +92,7 @@ def test_forbidden_exec_is_denied_with_the_api_servers_message(
         run_in_container(configuration(kubeconfig), "shop", "web", "istio-proxy", COMMAND, 5)
     assert caught.value.reason == (
         'access denied: pods "web" is forbidden: User "system:serviceaccount:default:auditor"'
-        ' cannot create resource "pods/exec" in API group "" in the namespace "shop" (403)'
+        ' cannot get resource "pods/exec" in API group "" in the namespace "shop" (403)'
     )
     assert caught.value.denied
     assert fake.execs == []

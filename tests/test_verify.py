@@ -349,7 +349,7 @@ def test_forbidden_exec_is_unreachable_with_the_api_servers_reason_and_exit_2(
     assert (pod["verdict"], pod["reason"]) == (
         "unreachable",
         'access denied: pods "a" is forbidden: User "system:serviceaccount:default:auditor"'
-        ' cannot create resource "pods/exec" in API group "" in the namespace "shop" (403)',
+        ' cannot get resource "pods/exec" in API group "" in the namespace "shop" (403)',
     )
     assert (report["apiProblems"], exit_status(report)) == (1, 2)
 

@@ -39,7 +39,8 @@ HINTS = {
     "mismatch": "Envoy holds a renewed certificate but still serves the old one: restart the pod",
     "missing": "Envoy has no workload certificate: read istio-proxy's log (SDS) and check the"
     " socket mount",
-    "unreachable": "the admin API could not be read; for access, see manifests/components/verify",
+    "unreachable": "the admin API could not be read; when access was denied: exec needs both"
+    " get and create on pods/exec (Kubernetes 1.35+), as manifests/components/verify grants",
 }
 
 
