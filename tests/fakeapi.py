@@ -17,7 +17,11 @@ Refusals come before the upgrade, as a plain HTTP answer with a `Status` body: 4
 the WebSocket upgrade is a GET, authorized as `get` first), 404 for a missing pod, 400 for a
 container the pod does not have or a pod without a node (`pkg/registry/core/pod/strategy.go`),
 400 for a GET without an upgrade.
-What a container runs is a Python function the test registers (`FakeAPI.processes`).
+What a container runs is a Python function the test registers (`FakeAPI.processes`). The
+server side of RFC 6455 is written here (the handshake's accept key, unmasked frames, reading
+the client's masked close): it is short, no WebSocket server library is in the dev lock of
+its own right, and the real client (`websocket-client` under `kubernetes.stream`) checks every
+frame of it.
 
 Objects are built with the `kubernetes` client's own models and
 `ApiClient().sanitize_for_serialization`, or taken from the shared fixtures (pods exactly as

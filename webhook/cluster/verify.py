@@ -457,7 +457,7 @@ def run_watch(
         )
     clock, sleep = clock or utc_now, sleep or time.sleep
     sampler = sampler or Sampler(cluster, settings, criteria, clock)
-    rounds = int(duration / interval) + 1
+    rounds = duration // interval + 1
     started = clock()
     resolver = OwnerResolver(cluster)
     targets: dict[tuple[str, str], _Target] = {}
@@ -472,7 +472,7 @@ def run_watch(
         except ClusterError as error:
             if index == 0:
                 raise
-            interrupted = f"round {index + 1} of {rounds}: {error.message}"
+            interrupted = f"round {index + 1} of {rounds}: {error}"
             break
         readings = sample_all(sampler, [pod for pod, _ in pods], progress)
         for (pod, owner), reading in zip(pods, readings, strict=True):

@@ -273,8 +273,11 @@ def _rows(report: Json) -> list[str]:
                 )
             )
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    render = iter("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                  for row in cells)  # fmt: skip
+    # One line per row, columns padded to the widest cell of the whole report.
+    render = iter(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
     head = "  " + next(render)
     lines: list[str] = []
     for group in report["owners"]:
