@@ -1,4 +1,4 @@
-"""A small, real Kubernetes API server stand-in on 127.0.0.1, for `audit` and `doctor` tests.
+"""A small, real Kubernetes API server stand-in on 127.0.0.1, for `audit`, `doctor`, `verify`.
 
 It serves over plain HTTP the read paths those commands use, with the shapes a real
 kube-apiserver sends: objects by their REST path (`/api/v1/namespaces/shop/pods/x`,
@@ -7,6 +7,21 @@ kube-apiserver sends: objects by their REST path (`/api/v1/namespaces/shop/pods/
 list sends them), label selectors, `Status` objects for 401/403/404/400, `/version`, `/api`,
 `/apis` and per-group-version discovery. Bearer-token authentication is checked, so the
 credentials in the kubeconfig really travel through the client.
+
+`pods/{name}/exec` is served the way the API server serves it to a WebSocket client: the
+RFC 6455 upgrade (`Sec-WebSocket-Accept`, the first of the client's subprotocols the server
+speaks, `v5.channel.k8s.io` or `v4.channel.k8s.io`), then unmasked binary frames whose first
+byte is the channel (1 stdout, 2 stderr, 3 the kubelet's final `Status`), then a close frame.
+Refusals come before the upgrade, as a plain HTTP answer with a `Status` body: 403 when
+`pods/exec` is denied (worded as a 1.36 API server words it to an account with neither verb:
+the WebSocket upgrade is a GET, authorized as `get` first), 404 for a missing pod, 400 for a
+container the pod does not have or a pod without a node (`pkg/registry/core/pod/strategy.go`),
+400 for a GET without an upgrade.
+What a container runs is a Python function the test registers (`FakeAPI.processes`). The
+server side of RFC 6455 is written here (the handshake's accept key, unmasked frames, reading
+the client's masked close): it is short, no WebSocket server library is in the dev lock of
+its own right, and the real client (`websocket-client` under `kubernetes.stream`) checks every
+frame of it.
 
 Objects are built with the `kubernetes` client's own models and
 `ApiClient().sanitize_for_serialization`, or taken from the shared fixtures (pods exactly as
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -25,8 +41,9 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,6 +85,27 @@ GROUP_VERSIONS = {
     "admissionregistration.k8s.io/v1": ["MutatingWebhookConfiguration"],
 }
 POLICY_KINDS = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+EXEC_CHUNK = 32 * 1024  # output goes out in frames of at most this many bytes
+_EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
+
+
+@dataclass(frozen=True)
+class Exited:
+    """What a command in a container did: its output and exit code."""
+
+    stdout: bytes = b""
+    stderr: bytes = b""
+    code: int = 0
+
+
+class CannotStart(Exception):
+    """The runtime could not start the command (no such executable, ...)."""
+
+
+# (namespace, pod, container) -> the command's behaviour
+Process = Callable[[list[str]], Exited]
 
 
 def status(code: int, reason: str, message: str, details: Json | None = None) -> Json:
@@ -100,8 +138,13 @@ class FakeAPI:
         self.tls = tls
         self.policy_versions = policy_versions
         self.objects: dict[str, Json] = {}
-        self.denied: set[str] = set()  # resources (plural) answered with 403
+        self.denied: set[str] = set()  # resources (plural, or "pods/exec") answered with 403
         self.requests: list[str] = []  # path?query of every request, in order
+        self.processes: dict[tuple[str, str, str], Process] = {}
+        self.exec_protocols = EXEC_PROTOCOLS  # subprotocols this server speaks, preferred first
+        self.execs: list[
+            tuple[str, str, str, list[str], str]
+        ] = []  # ns, pod, container, cmd, proto
         self.resource_version = 1000
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -287,6 +330,69 @@ class FakeAPI:
             {"name": name, "group": group, "kind": resource} if name else {"kind": resource},
         )
 
+    # --- pods/exec -------------------------------------------------------------------
+    def exec_refusal(
+        self, namespace: str, name: str, query: dict[str, list[str]], token: str | None
+    ) -> tuple[int, Json] | None:
+        """The API server's answer when it does not open the stream, None when it does."""
+        if token != TOKEN:
+            return 401, status(401, "Unauthorized", "Unauthorized")
+        if "pods/exec" in self.denied:
+            return 403, status(
+                403,
+                "Forbidden",
+                f'pods "{name}" is forbidden: User "system:serviceaccount:default:auditor"'
+                f' cannot get resource "pods/exec" in API group "" in the namespace'
+                f' "{namespace}"',
+                {"name": name, "kind": "pods"},
+            )
+        pod = self.objects.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        if pod is None:
+            return 404, status(
+                404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"}
+            )
+        container = query.get("container", [""])[0]
+        spec = pod.get("spec") or {}
+        names = [
+            c.get("name") for key in ("containers", "initContainers") for c in spec.get(key) or []
+        ]
+        if container not in names:
+            return 400, status(
+                400, "BadRequest", f"container {container} is not valid for pod {name}"
+            )
+        if not spec.get("nodeName"):
+            return 400, status(400, "BadRequest", f"pod {name} does not have a host assigned")
+        return None
+
+    def run(
+        self, namespace: str, name: str, container: str, command: list[str]
+    ) -> tuple[Json, Exited]:
+        """Run `command`: the kubelet's final Status and what the command wrote."""
+        process = self.processes.get((namespace, name, container))
+        try:
+            if process is None:
+                raise CannotStart(
+                    f'exec: "{command[0] if command else ""}": executable file not found in $PATH'
+                )
+            exited = process(command)
+        except CannotStart as error:
+            message = (
+                "Internal error occurred: error executing command in container: failed to exec"
+                f" in container: OCI runtime exec failed: {error}: unknown"
+            )
+            return {**status(500, "InternalError", message), "metadata": {}}, Exited()
+        if exited.code == 0:
+            return {"metadata": {}, "status": "Success"}, exited
+        # k8s.io/kubelet/pkg/cri/streaming/remotecommand/exec.go, as the v4 protocol writes it
+        return {
+            "metadata": {},
+            "status": "Failure",
+            "message": "command terminated with non-zero exit code: error executing command"
+            f" [{' '.join(command)}], exit code {exited.code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(exited.code)}]},
+        }, exited
+
     # --- discovery -------------------------------------------------------------------
     def served(self) -> dict[str, list[str]]:
         served = {gv: list(kinds) for gv, kinds in GROUP_VERSIONS.items()}
@@ -375,7 +481,14 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         scheme, _, credentials = auth.partition(" ")
         token = credentials.strip() if scheme.lower() == "bearer" else None  # RFC 7235
+        target = _EXEC_PATH.match(url.path)
+        if target:
+            self.exec(target.group(1), target.group(2), parse_qs(url.query), token)
+            return
         code, body = self.fake.handle(url.path, parse_qs(url.query), token)
+        self.answer(code, body)
+
+    def answer(self, code: int, body: Any) -> None:
         if isinstance(body, str):
             data, content_type = body.encode(), "text/plain; charset=utf-8"
         else:
@@ -385,6 +498,54 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def exec(
+        self, namespace: str, name: str, query: dict[str, list[str]], token: str | None
+    ) -> None:
+        if "websocket" not in self.headers.get("Upgrade", "").lower():
+            self.answer(400, status(400, "BadRequest", "Upgrade request required"))
+            return
+        refusal = self.fake.exec_refusal(namespace, name, query, token)
+        if refusal is not None:
+            self.close_connection = True
+            self.answer(*refusal)
+            return
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        protocol = next((p for p in offered if p in self.fake.exec_protocols), None)
+        if protocol is None:
+            self.close_connection = True
+            self.answer(
+                400, status(400, "BadRequest", "unable to upgrade: no supported subprotocol")
+            )
+            return
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest())
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        container = query.get("container", [""])[0]
+        command = query.get("command", [])
+        self.fake.execs.append((namespace, name, container, command, protocol))
+        final, exited = self.fake.run(namespace, name, container, command)
+        out = bytearray()
+        for channel, data in ((1, exited.stdout), (2, exited.stderr)):
+            for start in range(0, len(data), EXEC_CHUNK):
+                out += websocket_frame(0x2, bytes([channel]) + data[start : start + EXEC_CHUNK])
+        out += websocket_frame(0x2, bytes([3]) + json.dumps(final).encode())
+        out += websocket_frame(0x8, (1000).to_bytes(2, "big"))  # close: normal closure
+        self.wfile.write(bytes(out))
+        # Wait briefly for the client's close frame, so the connection ends cleanly.
+        self.connection.settimeout(2)
+        try:
+            while (frame := read_client_frame(self.rfile)) is not None and frame[0] != 0x8:
+                pass
+        except (OSError, ValueError):
+            pass
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -400,6 +561,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def websocket_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame (RFC 6455 section 5.2; a server never masks)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes([0x80 | opcode, size])
+    elif size < 1 << 16:
+        header = bytes([0x80 | opcode, 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 127]) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def read_client_frame(stream: Any) -> tuple[int, bytes] | None:
+    """One frame from a client (masked, RFC 6455 section 5.3); None at the end of the stream.
+    An unmasked frame is a protocol error (ValueError)."""
+    head = stream.read(2)
+    if len(head) < 2:
+        return None
+    opcode, size = head[0] & 0x0F, head[1] & 0x7F
+    if not head[1] & 0x80:
+        raise ValueError("a client frame must be masked")
+    if size == 126:
+        size = int.from_bytes(stream.read(2), "big")
+    elif size == 127:
+        size = int.from_bytes(stream.read(8), "big")
+    mask = stream.read(4)
+    data = stream.read(size)
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
 def closed_port() -> int:

@@ -16,7 +16,7 @@ from webhook.cli import COMMANDS, LazyGroup, main
 from webhook.commands.options import settings_default
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "policy", "template"]
+SUBCOMMANDS = ["serve", "mutate", "certs", "audit", "doctor", "verify", "policy", "template"]
 
 
 def test_version_prints_name_and_version() -> None:

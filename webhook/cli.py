@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("webhook.commands.certs:certs_command", "Make a CA and a serving certificate."),
     "audit": ("webhook.commands.audit:audit_command", "List running pods that will not rotate."),
     "doctor": ("webhook.commands.doctor:doctor_command", "Check the cluster's set-up."),
+    "verify": (
+        "webhook.commands.verify:verify_command",
+        "Read each proxy's certificate and say if it rotates.",
+    ),
     "policy": ("webhook.commands.policy:policy_command", "Print the MutatingAdmissionPolicy form."),
     "template": (
         "webhook.commands.template:template_command",

@@ -1,4 +1,4 @@
-"""Everything that talks to a Kubernetes API server: the audit and the doctor.
+"""Everything that talks to a Kubernetes API server: `audit`, `doctor` and `verify`.
 
 This package is the only place that imports the `kubernetes` client, and only inside the
 functions that call the API; its commands (`webhook.commands.audit`, `.doctor`) load only

@@ -1,4 +1,4 @@
-"""The audit: running pods whose Istio certificates will not rotate (`run_audit`).
+"""`istio-spiffe-webhook audit`: running pods whose Istio certificates will not rotate.
 
 A pod is a finding when `webhook.rewrite.rewrite()` would change it: the same rule the
 webhook applies, so `Result.reasons` says what is wrong and nothing else decides it. Pods
@@ -6,26 +6,37 @@ without istio-proxy and pods that opted out are left alone by the rewrite and so
 findings. Findings are grouped by the workload that owns them (a ReplicaSet's Deployment, a
 Job's CronJob) with the command that recreates them through the webhook.
 
+A pod in a namespace that did not opt in and that takes its certificates from istiod (no
+Workload API socket is mounted into istio-proxy) is healthy as Istio built it: it is counted
+(`podsOnIstiod`), not a finding, unless `--include-istiod` asks for the whole mesh to use the
+Workload API.
+
 A finding in a namespace labelled for the webhook that Istio injected
 (`sidecar.istio.io/status`) but that lacks the identity label was missed by the webhook: it
 was down, installed later, or ran before Istio's injector without reinvocation. Those are
 listed apart, because restarting fixes the pods but `doctor` finds the cause.
 
-`webhook.commands.audit` prints the report and sets the exit status.
+Exit status: 0 nothing to fix, 1 something to fix, 2 the cluster cannot be reached or
+access is denied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from webhook.cluster.client import Cluster, Json
+from webhook.cluster.pods import (
+    OwnerResolver,
+    PodSelection,
+    namespace_of,
+    select_pods,
+    takes_certificates_from_istiod,
+)
 from webhook.config import Settings
 from webhook.rewrite import InvalidPod, rewrite
 
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 @dataclass
@@ -66,37 +77,19 @@ class Owner:
 def run_audit(
     cluster: Cluster,
     settings: Settings,
-    namespace: str | None,
-    selector: str | None,
-    only_opted_in: bool = False,
+    selection: PodSelection,
+    include_istiod: bool = False,
 ) -> Json:
     """The audit report as a JSON-ready dict."""
-    opted_in = _opted_in_namespaces(cluster, settings, namespace)
-    if namespace:
-        pods = cluster.items(
-            f"pods in namespace {namespace}",
-            cluster.core.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
-        )
-    else:
-        pods = cluster.items(
-            "pods in all namespaces",
-            cluster.core.list_pod_for_all_namespaces,
-            label_selector=selector,
-        )
+    selected = select_pods(cluster, settings, selection)
+    opted_in = selected.opted_in
     owners: dict[tuple[str, str, str], Owner] = {}
-    resolver = _OwnerResolver(cluster)
-    checked = 0
+    resolver = OwnerResolver(cluster)
+    checked = on_istiod = 0
     skipped: list[Json] = []
-    for pod in pods:
+    for pod in selected.pods:
         metadata = pod.get("metadata") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in FINISHED_PHASES or metadata.get("deletionTimestamp"):
-            continue
-        ns = str(metadata.get("namespace") or "")
-        if only_opted_in and ns not in opted_in:
-            continue
+        ns = namespace_of(pod)
         checked += 1
         try:
             result = rewrite(pod, settings)
@@ -104,6 +97,13 @@ def run_audit(
             skipped.append({"namespace": ns, "name": metadata.get("name"), "error": str(error)})
             continue
         if result.compliant:
+            continue
+        if (
+            ns not in opted_in
+            and not include_istiod
+            and takes_certificates_from_istiod(pod, settings)
+        ):
+            on_istiod += 1  # healthy as Istio made it: istiod renews it
             continue
         kind, name = resolver.owner(pod)
         key = (ns, kind, name)
@@ -139,68 +139,9 @@ def run_audit(
     report: Json = {
         "podsChecked": checked,
         "podsToFix": sum(len(g["pods"]) for g in groups),
+        "podsOnIstiod": on_istiod,
         "owners": groups,
     }
     if skipped:
         report["unreadablePods"] = skipped
     return report
-
-
-def _opted_in_namespaces(cluster: Cluster, settings: Settings, namespace: str | None) -> set[str]:
-    key, value = settings.inject_label, settings.inject_enabled_value
-    if namespace:
-        ns = cluster.call(
-            f"namespace {namespace}", cluster.core.read_namespace, namespace, missing_ok=True
-        )
-        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
-        return {namespace} if labels.get(key) == value else set()
-    return {
-        str((item.get("metadata") or {}).get("name"))
-        for item in cluster.items(
-            "namespaces", cluster.core.list_namespace, label_selector=f"{key}={value}"
-        )
-    }
-
-
-class _OwnerResolver:
-    """A pod's top owner: Deployment via ReplicaSet, CronJob via Job, itself when bare."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.cache: dict[tuple[str, str, str], tuple[str, str]] = {}
-
-    def owner(self, pod: Json) -> tuple[str, str]:
-        metadata = pod.get("metadata") or {}
-        ref = _controller(metadata)
-        if ref is None:
-            return "Pod", str(metadata.get("name"))
-        kind, name = str(ref.get("kind")), str(ref.get("name"))
-        ns = str(metadata.get("namespace") or "")
-        group = str(ref.get("apiVersion") or "").split("/")[0]
-        if (kind, group) == ("ReplicaSet", "apps"):
-            return self._parent(
-                ns, kind, name, "Deployment", self.cluster.apps.read_namespaced_replica_set
-            )
-        if (kind, group) == ("Job", "batch"):
-            return self._parent(ns, kind, name, "CronJob", self.cluster.batch.read_namespaced_job)
-        return kind, name
-
-    def _parent(self, ns: str, kind: str, name: str, parent: str, read: Any) -> tuple[str, str]:
-        key = (ns, kind, name)
-        if key not in self.cache:
-            obj = self.cluster.call(
-                f"{kind.lower()} {name} in namespace {ns}", read, name, ns, missing_ok=True
-            )
-            ref = _controller((obj or {}).get("metadata") or {})
-            if ref is not None and ref.get("kind") == parent:
-                self.cache[key] = (parent, str(ref.get("name")))
-            else:
-                self.cache[key] = (kind, name)
-        return self.cache[key]
-
-
-def _controller(metadata: Json) -> Json | None:
-    for ref in metadata.get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("controller") is True:
-            return ref
-    return None

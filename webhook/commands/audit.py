@@ -12,6 +12,7 @@ import click
 
 from webhook.cluster.audit import run_audit
 from webhook.cluster.client import Cluster, Json, load_api_client
+from webhook.cluster.pods import PodNotFound, PodSelection
 from webhook.commands.options import (
     cluster_errors,
     config_option,
@@ -30,10 +31,17 @@ TABLE_NAMES = 5  # pod names shown per line of the table (JSON and YAML list the
     "-A", "--all-namespaces", "all_namespaces", is_flag=True, help="Every namespace (default)."
 )
 @click.option("-l", "--selector", default=None, help="Only pods matching this label selector.")
+@click.option("--pod", "pod", default=None, help="Only the pod with this name.")
 @click.option(
     "--only-opted-in",
     is_flag=True,
     help="Skip namespaces that are not labelled for the webhook.",
+)
+@click.option(
+    "--include-istiod",
+    is_flag=True,
+    help="Also report pods in namespaces not labelled for the webhook that take their"
+    " certificates from istiod (when the whole mesh should use the Workload API).",
 )
 @output_option(("table", "json", "yaml"), show_default=True)
 @kubeconfig_option
@@ -43,7 +51,9 @@ def audit_command(
     namespace: str | None,
     all_namespaces: bool,
     selector: str | None,
+    pod: str | None,
     only_opted_in: bool,
+    include_istiod: bool,
     output: str,
     kubeconfig: str | None,
     context: str | None,
@@ -57,19 +67,33 @@ def audit_command(
     if namespace is not None and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces")
     settings = settings_from(config)
+    selection = PodSelection(namespace, selector, pod, only_opted_in)
     with cluster_errors():
         cluster = Cluster(load_api_client(kubeconfig, context))
-        report = run_audit(cluster, settings, namespace, selector, only_opted_in)
+        try:
+            report = run_audit(cluster, settings, selection, include_istiod)
+        except PodNotFound as error:
+            raise click.ClickException(str(error)) from None
     click.echo(render(report, output, table))
     sys.exit(1 if report["podsToFix"] or report.get("unreadablePods") else 0)
 
 
 def table(report: Json) -> str:
     """The report for people: one block per owner, its fix, then the missed pods."""
+    on_istiod = ""
+    if report["podsOnIstiod"]:
+        on_istiod = (
+            f"{report['podsOnIstiod']} pods in namespaces not labelled for the webhook take their"
+            " certificates from istiod, which renews them: not findings (--include-istiod"
+            " lists them when the whole mesh should use the Workload API)."
+        )
     if not report["podsToFix"] and not report.get("unreadablePods"):
-        return (
-            f"All good: none of the {report['podsChecked']} running pods checked needs a"
-            " restart to rotate its certificates."
+        return "\n".join(
+            [
+                f"All good: none of the {report['podsChecked']} running pods checked needs a"
+                " restart to rotate its certificates.",
+                *([on_istiod] if on_istiod else []),
+            ]
         )
     lines = [
         f"{report['podsToFix']} of {report['podsChecked']} running pods run istio-proxy with"
@@ -105,4 +129,6 @@ def table(report: Json) -> str:
         lines.append("")
     for pod in report.get("unreadablePods", []):
         lines.append(f"skipped {pod['namespace']}/{pod['name']}: {pod['error']}")
+    if on_istiod:
+        lines.append(on_istiod)
     return "\n".join(lines).rstrip("\n")
