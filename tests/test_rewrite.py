@@ -18,9 +18,10 @@ from tests.oracle import (
     istio_pods,
 )
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, Result, rewrite
+from webhook.rewrite import Contract, InvalidPod, Result, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 SOCKET_PATH = "/var/run/secrets/workload-spiffe-uds"
 SPIRE_PATH = "/run/secrets/workload-spiffe-uds"  # Istio's documented `spire` template
 CA_ADDR = "unix:///var/run/secrets/workload-spiffe-uds/socket"
@@ -91,15 +92,16 @@ def pod(
 
 def check(original: dict[str, Any], settings: Settings = SETTINGS) -> Result:
     """Rewrite, then prove the general properties every case must have."""
+    contract = Contract.from_settings(settings)
     before = copy.deepcopy(original)
-    result = rewrite(original, settings)
+    result = rewrite(original, contract)
     assert original == before, "rewrite() changed its input"
     assert bool(result.reasons) == bool(result.ops)
     if not result.ops:
         assert result.warnings == []
     patched = jsonpatch.apply_patch(original, result.ops)
     assert_rewritten(original, patched, settings)
-    assert rewrite(patched, settings).ops == []
+    assert rewrite(patched, contract).ops == []
     return result
 
 
@@ -630,7 +632,7 @@ def test_every_fixture_is_rewritten_to_the_contract_and_loads_as_v1pod(name: str
 def test_fixtures_without_istio_proxy_yield_no_patch() -> None:
     pods = istio_pods()
     for name in ("custom-template--0", "hello-ignore--0"):
-        assert rewrite(pods[name], SETTINGS).ops == [], name
+        assert rewrite(pods[name], CONTRACT).ops == [], name
 
 
 def test_grpc_agent_fixture_warns_about_the_app_container_mount() -> None:
@@ -687,13 +689,13 @@ def test_wrong_json_types_raise_invalid_pod_naming_the_field(mangle: Any, messag
     original = pod()
     mangle(original)
     with pytest.raises(InvalidPod) as caught:
-        rewrite(original, SETTINGS)
+        rewrite(original, CONTRACT)
     assert str(caught.value) == message
 
 
 def test_a_pod_that_is_not_an_object_is_invalid() -> None:
     with pytest.raises(InvalidPod) as caught:
-        rewrite([], SETTINGS)  # type: ignore[arg-type]
+        rewrite([], CONTRACT)  # type: ignore[arg-type]
     assert str(caught.value) == "pod: must be a JSON object"
 
 
