@@ -1,6 +1,7 @@
 """In-process microbenchmarks: the rewrite, and the whole request handling per fixture.
 
-- `rewrite`: `webhook.rewrite.rewrite(pod, settings)` on the parsed pod.
+- `rewrite`: `webhook.rewrite.rewrite(pod, contract)` on the parsed pod, the contract compiled
+  once from the settings beforehand, as the server does at startup.
 - `handle`: request bytes in, response bytes out (`review.handle(...).response_bytes()`):
   parse, envelope validation, decision, rewrite, patch encoding.
 - `asgi`: the same through the product's ASGI app (`WebhookApp`, the lean `/mutate` route)
@@ -37,7 +38,7 @@ from webhook.app import WebhookApp
 from webhook.config import Settings
 from webhook.observability import LOGGER_NAME, JsonFormatter, Metrics, Observer
 from webhook.review import handle
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 
 def per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
@@ -122,26 +123,27 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _handle(body: bytes, settings: Settings) -> bytes:
-    return handle(body, settings).response_bytes()
+def _handle(body: bytes, contract: Contract) -> bytes:
+    return handle(body, contract).response_bytes()
 
 
 def run(quick: bool = False, settings: Settings | None = None) -> dict[str, dict[str, float]]:
     """{fixture: {"rewrite_us", "handle_us", "asgi_us", "body_bytes", "ops"}} for each fixture."""
     settings = settings or Settings()
+    contract = Contract.from_settings(settings)
     number, repeat = (300, 3) if quick else (5000, 7)
     results: dict[str, dict[str, float]] = {}
     for name in FIXTURE_NAMES:
         pod = load_pod(name)
         body = review_body(name)
-        decision = handle(body, settings)
+        decision = handle(body, contract)
         if decision.outcome != "mutated":
             raise RuntimeError(f"{name}: expected a patch, got {decision.outcome}")
         results[name] = {
             "body_bytes": len(body),
             "ops": len(decision.result.ops),
-            "rewrite_us": per_call_us(partial(rewrite, pod, settings), number, repeat),
-            "handle_us": per_call_us(partial(_handle, body, settings), number, repeat),
+            "rewrite_us": per_call_us(partial(rewrite, pod, contract), number, repeat),
+            "handle_us": per_call_us(partial(_handle, body, contract), number, repeat),
             "asgi_us": asgi_us(body, settings, number, repeat),
         }
     return results

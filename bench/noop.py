@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from bench.common import review_body
 from webhook.config import Settings
 from webhook.review import handle
+from webhook.rewrite import Contract
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,7 +29,7 @@ Send = Callable[[Message], Awaitable[None]]
 NOOP_PATH = "/noop"
 NOOP_FASTAPI_PATH = "/noop-fastapi"
 # The product's own answer to hello--0, computed once: the same bytes on the wire.
-ANSWER = handle(review_body("hello--0"), Settings()).response_bytes()
+ANSWER = handle(review_body("hello--0"), Contract.from_settings(Settings())).response_bytes()
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(ANSWER))]
 
 

@@ -18,9 +18,10 @@ import jsonpatch
 
 from tests.oracle import expected
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, rewrite
+from webhook.rewrite import Contract, InvalidPod, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 ODD_VALUES: list[Any] = [None, True, 0, 1.5, "", "x", [], {}, [None], {"a": None}]
 CONTAINER_NAMES = [SETTINGS.proxy_container, "istio-init", "app", "", "~1/x"]
 VOLUME_NAMES = [SETTINGS.certs_volume, SETTINGS.socket_volume, "istio-envoy", "data", ""]
@@ -129,12 +130,12 @@ def pod_from(fdp: atheris.FuzzedDataProvider) -> Built:
     return Builder(fdp).pod()
 
 
-def check_rewrite(built: Built, settings: Settings = SETTINGS) -> None:
-    """Raise AssertionError if the rewrite of this pod breaks a property."""
+def check_rewrite(built: Built) -> None:
+    """Raise AssertionError if the rewrite of this pod (default settings) breaks a property."""
     pod = built.pod
     before = copy.deepcopy(pod)
     try:
-        result = rewrite(pod, settings)
+        result = rewrite(pod, CONTRACT)
     except InvalidPod:
         if not built.odd:
             raise AssertionError("InvalidPod for a well-typed pod") from None
@@ -144,6 +145,6 @@ def check_rewrite(built: Built, settings: Settings = SETTINGS) -> None:
     assert not result.warnings or result.ops, "a warning without a patch"
     patched = jsonpatch.apply_patch(pod, result.ops)
     assert pod == before, "the patch changed the input"
-    assert rewrite(patched, settings).ops == [], "a second pass is not a no-op"
+    assert rewrite(patched, CONTRACT).ops == [], "a second pass is not a no-op"
     if not built.odd:
-        assert patched == expected(pod, settings), "the patched pod is not the contract's"
+        assert patched == expected(pod, SETTINGS), "the patched pod is not the contract's"

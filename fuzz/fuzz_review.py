@@ -21,7 +21,7 @@ with atheris.instrument_imports():
     import jsonpatch
     import orjson
 
-    from fuzz.common import SETTINGS
+    from fuzz.common import CONTRACT, SETTINGS
     from webhook.review import BadReview, handle
 
 REVIEW: dict[str, Any] = {
@@ -48,7 +48,7 @@ PROXY_POD: dict[str, Any] = {
 
 def check(body: bytes) -> None:
     try:
-        decision = handle(body, SETTINGS)
+        decision = handle(body, CONTRACT)
     except BadReview as error:
         assert 400 <= error.status < 500 and error.reason, "BadReview without a 4xx reason"
         return

@@ -23,10 +23,11 @@ from webhook.cluster.audit import run_audit
 from webhook.cluster.client import Cluster, ClusterError, load_api_client
 from webhook.cluster.pods import PodSelection
 from webhook.config import Settings
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 INJECT = "istio-spiffe-webhook/inject"
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 REVIEWS = admission_reviews()
 NATIVE = REVIEWS["hello-native"]["request"]["object"]  # as stored: defaulted, native proxy
 CLASSIC = REVIEWS["hello-classic"]["request"]["object"]
@@ -46,7 +47,7 @@ NATIVE_REASONS = [
 
 
 def reasons(pod: dict[str, Any]) -> list[str]:
-    return list(dict.fromkeys(rewrite(pod, SETTINGS).reasons))
+    return list(dict.fromkeys(rewrite(pod, CONTRACT).reasons))
 
 
 def populate(fake: f.FakeAPI) -> None:

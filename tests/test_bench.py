@@ -27,6 +27,7 @@ from bench.noop import ANSWER
 from tests.serving import free_port, make_certificates, server_env
 from webhook.config import Settings
 from webhook.review import handle
+from webhook.rewrite import Contract
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_review_body_is_a_pod_create_review_the_webhook_patches() -> None:
         review = orjson.loads(body)
         assert review["request"]["operation"] == "CREATE"
         assert review["request"]["object"] == load_pod(name)
-        decision = handle(body, Settings())
+        decision = handle(body, Contract.from_settings(Settings()))
         assert (decision.outcome, len(decision.result.ops)) == ("mutated", 7)
 
 
@@ -108,7 +109,7 @@ def test_both_noops_read_the_body_and_answer_the_products_bytes_over_tls(
 ) -> None:
     port, ca = noop_server
     body = review_body("hello--0")
-    assert handle(body, Settings()).response_bytes() == ANSWER
+    assert handle(body, Contract.from_settings(Settings())).response_bytes() == ANSWER
     with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as client:
         for path in ("/noop", "/noop-fastapi"):
             for _ in range(3):  # keep-alive: several requests on one connection

@@ -20,9 +20,10 @@ from tests.oracle import admission_reviews, expected
 from webhook.app import WebhookApp
 from webhook.config import Settings
 from webhook.review import BadReview, handle
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 BASE = admission_reviews()["hello-classic"]  # istio-proxy is containers[1]
 
 
@@ -48,7 +49,7 @@ def test_env_entry_with_an_unhashable_name_is_left_alone_and_the_contract_applie
     env: list[Any],
 ) -> None:
     pod = review_with_proxy_env(env)["request"]["object"]
-    patched = jsonpatch.apply_patch(pod, rewrite(pod, SETTINGS).ops)
+    patched = jsonpatch.apply_patch(pod, rewrite(pod, CONTRACT).ops)
     assert patched == expected(pod, SETTINGS)
     proxy_env = patched["spec"]["containers"][1]["env"]
     assert proxy_env[0] == env[0]
@@ -60,7 +61,7 @@ def test_env_entry_with_an_unhashable_name_is_left_alone_and_the_contract_applie
 @pytest.mark.parametrize("env", UNHASHABLE_ENV_NAMES)
 def test_env_entry_with_an_unhashable_name_gets_200_and_the_patch(env: list[Any]) -> None:
     review = review_with_proxy_env(env)
-    decision = handle(json.dumps(review).encode(), SETTINGS)
+    decision = handle(json.dumps(review).encode(), CONTRACT)
     assert decision.outcome == "mutated"
 
     transport = httpx.ASGITransport(app=WebhookApp(SETTINGS))
@@ -94,5 +95,5 @@ def test_envelope_values_of_the_wrong_json_type_are_refused_not_coerced(
     review = copy.deepcopy(BASE)
     review["request"][field] = value
     with pytest.raises(BadReview) as raised:
-        handle(json.dumps(review).encode(), SETTINGS)
+        handle(json.dumps(review).encode(), CONTRACT)
     assert (raised.value.status, raised.value.reason) == (400, reason)

@@ -11,9 +11,10 @@ import yaml
 from tests.oracle import expected, istio_pods
 from webhook.config import Settings
 from webhook.mutate import BadInput, Mutation, mutate_text
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 PODS = istio_pods()
 HELLO = PODS["hello--0"]  # native sidecar, no warnings
 GRPC = PODS["grpc-agent--0"]  # the app container `traffic` mounts workload-certs
@@ -27,7 +28,7 @@ def test_a_json_pod_comes_back_rewritten_as_indented_json_without_warnings() -> 
 
 def test_the_patch_is_the_rewrites_ops_and_warnings_name_the_pod() -> None:
     mutation = mutate_text(json.dumps(GRPC), "pod.json", SETTINGS, patch=True)
-    assert mutation.text == json.dumps(rewrite(GRPC, SETTINGS).ops, indent=2) + "\n"
+    assert mutation.text == json.dumps(rewrite(GRPC, CONTRACT).ops, indent=2) + "\n"
     assert mutation.warnings == [
         "Pod/grpc: removed the workload-certs mount from container traffic"
     ]

@@ -32,9 +32,10 @@ from tests.shapes import spire_variants
 from webhook.commands.mutate import mutate_command
 from webhook.config import Settings
 from webhook.review import decide, parse
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 PODS = istio_pods()
 HELLO = PODS["hello--0"]  # native sidecar, no warnings
 GRPC = PODS["grpc-agent--0"]  # the app container `traffic` mounts workload-certs
@@ -118,7 +119,7 @@ def test_pod_json_in_gives_the_rewritten_pod_as_indented_json() -> None:
 def test_pod_json_patch_is_the_rewrite_ops_as_one_json_array() -> None:
     result = run(json.dumps(HELLO), "--patch")
     assert (result.exit_code, result.stderr) == (0, "")
-    ops = rewrite(HELLO, SETTINGS).ops
+    ops = rewrite(HELLO, CONTRACT).ops
     assert result.stdout == json.dumps(ops, indent=2) + "\n"
     assert_rewritten(HELLO, jsonpatch.apply_patch(HELLO, json.loads(result.stdout)), SETTINGS)
 
@@ -136,7 +137,7 @@ def test_pod_file_argument_is_read(tmp_path: Path) -> None:
     path.write_text(json.dumps(HELLO))
     result = CliRunner().invoke(mutate_command, [str(path), "--patch"])
     assert (result.exit_code, result.stderr) == (0, "")
-    assert json.loads(result.stdout) == rewrite(HELLO, SETTINGS).ops
+    assert json.loads(result.stdout) == rewrite(HELLO, CONTRACT).ops
 
 
 def test_warnings_go_to_stderr_one_per_line() -> None:
@@ -149,7 +150,7 @@ def test_warnings_go_to_stderr_one_per_line() -> None:
 def test_warnings_go_to_stderr_with_patch_too() -> None:
     result = run(json.dumps(GRPC), "--patch")
     assert result.stderr == f"warning: Pod/grpc: {GRPC_WARNING}\n"
-    assert json.loads(result.stdout) == rewrite(GRPC, SETTINGS).ops
+    assert json.loads(result.stdout) == rewrite(GRPC, CONTRACT).ops
 
 
 @pytest.mark.parametrize("name", ["hello-ignore--0", "custom-template--0"])
@@ -201,7 +202,7 @@ def test_workload_patch_paths_are_the_templates(kind: str) -> None:
     prefix = "".join(f"/{key}" for key in WORKLOAD_PATHS[kind])
     assert ops == [
         {**op, "path": prefix + op["path"]}
-        for op in rewrite(get(obj, WORKLOAD_PATHS[kind]), SETTINGS).ops
+        for op in rewrite(get(obj, WORKLOAD_PATHS[kind]), CONTRACT).ops
     ]
     patched = jsonpatch.apply_patch(obj, ops)
     template = get(obj, WORKLOAD_PATHS[kind])
@@ -303,10 +304,10 @@ def test_list_patch_addresses_items() -> None:
     assert result.stderr == f"warning: Deployment/d: {GRPC_WARNING}\n"
     ops = json.loads(result.stdout)
     assert ops == [
-        *({**op, "path": "/items/0" + op["path"]} for op in rewrite(HELLO, SETTINGS).ops),
+        *({**op, "path": "/items/0" + op["path"]} for op in rewrite(HELLO, CONTRACT).ops),
         *(
             {**op, "path": "/items/2/spec/template" + op["path"]}
-            for op in rewrite(items[2]["spec"]["template"], SETTINGS).ops
+            for op in rewrite(items[2]["spec"]["template"], CONTRACT).ops
         ),
     ]
     patched = jsonpatch.apply_patch(doc, ops)
@@ -342,7 +343,7 @@ def test_admission_review_gets_the_webhooks_answer(name: str) -> None:
     body = admission_reviews()[name]
     result = run(json.dumps(body))
     assert (result.exit_code, result.stderr) == (0, "")
-    decision = decide(parse(json.dumps(body).encode()), SETTINGS)
+    decision = decide(parse(json.dumps(body).encode()), CONTRACT)
     assert result.stdout == as_json(json.loads(decision.response_bytes()))
     assert json.loads(result.stdout)["response"]["uid"] == body["request"]["uid"]
 
@@ -353,7 +354,7 @@ def test_admission_review_patch_is_the_answers_patch() -> None:
     assert result.exit_code == 0
     ops = json.loads(result.stdout)
     pod = body["request"]["object"]
-    assert ops == rewrite(pod, SETTINGS).ops
+    assert ops == rewrite(pod, CONTRACT).ops
     assert_rewritten(pod, jsonpatch.apply_patch(pod, ops), SETTINGS)
 
 
@@ -363,7 +364,7 @@ def test_admission_review_in_yaml_is_answered_in_yaml() -> None:
     result = run(as_yaml(body))
     assert result.exit_code == 0
     assert result.stderr == f"warning: Pod/grpc: {GRPC_WARNING}\n"
-    decision = decide(parse(json.dumps(body).encode()), SETTINGS)
+    decision = decide(parse(json.dumps(body).encode()), CONTRACT)
     assert yaml.safe_load(result.stdout) == json.loads(decision.response_bytes())
 
 
@@ -543,7 +544,7 @@ def test_installed_command_reports_bad_input_without_traceback() -> None:
 def test_every_fixture_round_trips_through_json_and_yaml(name: str) -> None:
     pod = all_fixture_pods()[name]
     # Key order as in the input, changed only where the patch changes it.
-    patched = jsonpatch.apply_patch(pod, rewrite(pod, SETTINGS).ops)
+    patched = jsonpatch.apply_patch(pod, rewrite(pod, CONTRACT).ops)
     assert run(json.dumps(pod)).stdout == as_json(patched)
     out = yaml.safe_load(run(as_yaml(pod)).stdout)
     assert ordered(out) == ordered(patched)

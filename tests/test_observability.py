@@ -237,7 +237,7 @@ def test_removing_another_containers_certs_mount_is_a_warning(server: ServerHand
 # Run in the server process before it starts: every rewrite fails as a bug would.
 BROKEN_REWRITE = """
 import webhook.review
-def rewrite(pod, settings):
+def rewrite(pod, contract):
     raise KeyError("missing")
 webhook.review.rewrite = rewrite
 """

@@ -44,16 +44,18 @@ from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount, spire_varian
 from webhook.cli import main
 from webhook.config import Settings, load_settings
 from webhook.policy import POLICY_NAME, cel_string, render_policy, to_yaml
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
 COMPONENT = ROOT / "manifests" / "components" / "policy"
 OVERLAY = ROOT / "manifests" / "overlays" / "policy"
 DEFAULT = Settings()
+DEFAULT_CONTRACT = Contract.from_settings(DEFAULT)
 # Every contract value changed, with quotes, backslashes, '~' and '/' that CEL literals and
 # JSON Pointers must survive (the file is also the golden file's input).
 CUSTOM = load_settings(GOLDEN / "policy-custom-settings.yaml")
+CUSTOM_CONTRACT = Contract.from_settings(CUSTOM)
 
 
 def render_text(*args: str, env: dict[str, str] | None = None) -> str:
@@ -475,9 +477,9 @@ def test_policy_rewrites_every_fixture_pod_exactly_like_the_contract(
     assert_rewritten(pod, patched, DEFAULT)
     to_v1pod(patched)
     # The webhook agrees, positions included, and a second run of either changes nothing.
-    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT).ops)
+    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT_CONTRACT).ops)
     assert default_policy.apply(patched) == patched
-    assert rewrite(patched, DEFAULT).ops == []
+    assert rewrite(patched, DEFAULT_CONTRACT).ops == []
 
 
 def test_fixtures_cover_pods_in_and_out_of_scope() -> None:
@@ -508,14 +510,14 @@ def test_spire_shape_of_every_fixture_keeps_both_socket_mounts_in_place_in_both_
 ) -> None:
     fixture, pod = SPIRE_SHAPED[name]
     assert [len(paths) for paths in socket_mount_paths(pod)] == [2] * len(proxies(pod, DEFAULT))
-    result = rewrite(pod, DEFAULT)
+    result = rewrite(pod, DEFAULT_CONTRACT)
     by_webhook = jsonpatch.apply_patch(pod, result.ops)
     assert_rewritten(pod, by_webhook, DEFAULT)
     # No socket mount moved (so no two share a path), and the shape adds no warning.
     assert socket_mount_paths(by_webhook) == socket_mount_paths(pod)
-    assert result.warnings == rewrite(FIXTURES[fixture], DEFAULT).warnings
+    assert result.warnings == rewrite(FIXTURES[fixture], DEFAULT_CONTRACT).warnings
     assert default_policy.apply(pod) == by_webhook
-    assert rewrite(by_webhook, DEFAULT).ops == []
+    assert rewrite(by_webhook, DEFAULT_CONTRACT).ops == []
     assert default_policy.apply(by_webhook) == by_webhook
 
 
@@ -574,7 +576,7 @@ def test_policy_with_changed_settings_rewrites_renamed_fixtures_like_the_contrac
     pod = renamed(FIXTURES[name], CUSTOM_NAMES)
     patched = custom_policy.apply(pod)
     assert_rewritten(pod, patched, CUSTOM)
-    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, CUSTOM).ops)
+    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, CUSTOM_CONTRACT).ops)
     assert custom_policy.apply(patched) == patched
 
 
@@ -690,7 +692,7 @@ def test_policy_agrees_with_the_oracle_and_the_webhook_on_generated_pods(
     policy = _evaluators["default"]
     patched = policy.apply(pod)
     assert_rewritten(pod, patched, DEFAULT)
-    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT).ops)
+    assert patched == jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT_CONTRACT).ops)
     if not in_scope(pod, DEFAULT):
         assert policy.ops(pod) == []
     assert policy.apply(patched) == patched
@@ -849,7 +851,7 @@ def test_misplaced_typed_construction_check_accepts_whole_values_and_their_field
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_webhook_after_the_policy_changes_nothing(name: str) -> None:
     # The policy leaves exactly expected(pod) (proved above with the CEL evaluated).
-    assert rewrite(expected(FIXTURES[name], DEFAULT), DEFAULT).ops == []
+    assert rewrite(expected(FIXTURES[name], DEFAULT), DEFAULT_CONTRACT).ops == []
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
@@ -857,5 +859,5 @@ def test_policy_after_the_webhook_changes_nothing(
     name: str, default_policy: PolicyEvaluator
 ) -> None:
     pod = FIXTURES[name]
-    by_webhook = jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT).ops)
+    by_webhook = jsonpatch.apply_patch(pod, rewrite(pod, DEFAULT_CONTRACT).ops)
     assert default_policy.apply(by_webhook) == by_webhook

@@ -33,9 +33,10 @@ from kubernetes.client import ApiClient, V1Pod
 from tests.oracle import LISTS, all_fixture_pods, assert_rewritten, expected, in_scope
 from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount
 from webhook.config import Settings
-from webhook.rewrite import escape, rewrite
+from webhook.rewrite import Contract, escape, rewrite
 
 DEFAULT = Settings()
+DEFAULT_CONTRACT = Contract.from_settings(DEFAULT)
 # Every contract name and value changed; label keys that need JSON Pointer escaping.
 CUSTOM = Settings(
     proxy_container="envoy-sidecar",
@@ -52,6 +53,7 @@ CUSTOM = Settings(
     inject_enabled_value="on",
     inject_disabled_value="off",
 )
+CUSTOM_CONTRACT = Contract.from_settings(CUSTOM)
 
 _API = ApiClient()
 ODD_KEYS = ["a/b", "~", "~1", "~0", "/", "a~1b/c", "ключ", "🐙/x", "", "app", "x.y/z"]
@@ -250,8 +252,9 @@ def contract_path(path: str, pod: dict[str, Any], s: Settings) -> bool:
 
 def check_rewrite(pod: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Every property of one rewrite; returns the patched pod."""
+    contract = Contract.from_settings(s)
     before = copy.deepcopy(pod)
-    result = rewrite(pod, s)
+    result = rewrite(pod, contract)
     ops = result.ops
     assert pod == before, "rewrite() changed its input"
     assert not result.warnings or ops, "a warning without a patch"
@@ -264,7 +267,7 @@ def check_rewrite(pod: dict[str, Any], s: Settings) -> dict[str, Any]:
     for op in jsonpatch.make_patch(before, patched):
         for key in ("path", "from"):
             assert key not in op or contract_path(op[key], before, s), op
-    assert rewrite(patched, s).ops == []
+    assert rewrite(patched, contract).ops == []
     to_v1pod(patched)
     return patched
 
@@ -305,7 +308,7 @@ def test_opted_out_pod_gets_no_patch(pod: dict[str, Any]) -> None:
         **metadata,
         "labels": {**(metadata.get("labels") or {}), DEFAULT.inject_label: "disabled"},
     }
-    assert rewrite(pod, DEFAULT).ops == []
+    assert rewrite(pod, DEFAULT_CONTRACT).ops == []
 
 
 @hsettings(max_examples=80, deadline=None)
@@ -315,7 +318,7 @@ def test_pod_without_proxy_gets_no_patch(pod: dict[str, Any]) -> None:
         for container in pod["spec"].get(name) or []:
             if container["name"] == DEFAULT.proxy_container:
                 container["name"] = "not-the-proxy"
-    assert rewrite(pod, DEFAULT).ops == []
+    assert rewrite(pod, DEFAULT_CONTRACT).ops == []
 
 
 def test_generated_pods_cover_the_interesting_shapes() -> None:

@@ -21,8 +21,10 @@ from tests.oracle import admission_reviews, assert_rewritten, istio_pods
 from webhook.app import WebhookApp
 from webhook.config import Settings
 from webhook.review import BadReview, handle
+from webhook.rewrite import Contract
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 REVIEW = admission_reviews()["hello-native"]
 UID = REVIEW["request"]["uid"]
 
@@ -134,7 +136,7 @@ BAD = [
 @pytest.mark.parametrize(("body", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_handle_rejects_bad_input_with_400_naming_the_field(body: bytes, message: str) -> None:
     with pytest.raises(BadReview) as caught:
-        handle(body, SETTINGS)
+        handle(body, CONTRACT)
     assert (caught.value.status, caught.value.reason) == (400, message)
 
 
@@ -213,8 +215,8 @@ def test_captured_dry_run_and_real_create_get_the_same_patch() -> None:
     reviews = admission_reviews()
     assert reviews["hello-native-dry-run"]["request"]["dryRun"] is True
     assert reviews["hello-native"]["request"]["dryRun"] is False
-    dry = handle(encode(reviews["hello-native-dry-run"]), SETTINGS)
-    real = handle(encode(reviews["hello-native"]), SETTINGS)
+    dry = handle(encode(reviews["hello-native-dry-run"]), CONTRACT)
+    real = handle(encode(reviews["hello-native"]), CONTRACT)
     assert dry.result.ops == real.result.ops
 
 
@@ -253,7 +255,7 @@ def test_requests_outside_the_contract_are_allowed_without_patch(
     change: Callable[[dict[str, Any]], object], reason: str
 ) -> None:
     body = encode(review(change))
-    decision = handle(body, SETTINGS)
+    decision = handle(body, CONTRACT)
     assert (decision.outcome, decision.reason, decision.result.ops) == ("unchanged", reason, [])
     response = post(body)
     assert response.status_code == 200
@@ -266,8 +268,8 @@ def test_requests_outside_the_contract_are_allowed_without_patch(
 
 def test_compliant_pod_is_unchanged_with_reason_compliant() -> None:
     pod = REVIEW["request"]["object"]
-    rewritten = jsonpatch.apply_patch(pod, handle(encode(REVIEW), SETTINGS).result.ops)
-    decision = handle(encode(review(lambda r: r["request"].update(object=rewritten))), SETTINGS)
+    rewritten = jsonpatch.apply_patch(pod, handle(encode(REVIEW), CONTRACT).result.ops)
+    decision = handle(encode(review(lambda r: r["request"].update(object=rewritten))), CONTRACT)
     assert (decision.outcome, decision.reason) == ("unchanged", "compliant")
     assert json.loads(decision.response_bytes()) == {
         "apiVersion": "admission.k8s.io/v1",
@@ -277,7 +279,7 @@ def test_compliant_pod_is_unchanged_with_reason_compliant() -> None:
 
 
 def test_mutated_decision_has_outcome_mutated_and_empty_reason() -> None:
-    decision = handle(encode(REVIEW), SETTINGS)
+    decision = handle(encode(REVIEW), CONTRACT)
     assert (decision.outcome, decision.reason) == ("mutated", "")
     assert decision.request.uid == UID
     assert decision.request.dryRun is False

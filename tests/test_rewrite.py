@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import jsonpatch
@@ -18,9 +19,10 @@ from tests.oracle import (
     istio_pods,
 )
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, Result, rewrite
+from webhook.rewrite import Contract, InvalidPod, Result, rewrite
 
 SETTINGS = Settings()
+CONTRACT = Contract.from_settings(SETTINGS)
 SOCKET_PATH = "/var/run/secrets/workload-spiffe-uds"
 SPIRE_PATH = "/run/secrets/workload-spiffe-uds"  # Istio's documented `spire` template
 CA_ADDR = "unix:///var/run/secrets/workload-spiffe-uds/socket"
@@ -91,15 +93,16 @@ def pod(
 
 def check(original: dict[str, Any], settings: Settings = SETTINGS) -> Result:
     """Rewrite, then prove the general properties every case must have."""
+    contract = Contract.from_settings(settings)
     before = copy.deepcopy(original)
-    result = rewrite(original, settings)
+    result = rewrite(original, contract)
     assert original == before, "rewrite() changed its input"
     assert bool(result.reasons) == bool(result.ops)
     if not result.ops:
         assert result.warnings == []
     patched = jsonpatch.apply_patch(original, result.ops)
     assert_rewritten(original, patched, settings)
-    assert rewrite(patched, settings).ops == []
+    assert rewrite(patched, contract).ops == []
     return result
 
 
@@ -607,6 +610,87 @@ def test_configured_opt_out_label_is_honoured() -> None:
     assert check(original).ops != []
 
 
+# --- the compiled contract ------------------------------------------------------------------
+
+# One changed value for every field of the contract (the Settings fields it holds).
+CHANGED = {
+    "proxy_container": "envoy-sidecar",
+    "certs_volume": "other-certs",
+    "socket_volume": "spiffe-socket",
+    "socket_mount_path": "/run/spiffe",
+    "csi_driver": "csi.example.org",
+    "cert_provider_env": "CERT_PROVIDER",
+    "cert_provider": "spiffe",
+    "ca_addr_env": "CA_ADDRESS",
+    "ca_addr": "unix:///run/spiffe/agent.sock",
+    "identity_label": "example.org/identity",
+    "identity_label_value": "yes",
+    "inject_label": "example.org/inject",
+    "inject_disabled_value": "off",
+}
+
+
+def test_contract_holds_exactly_the_settings_names_and_values() -> None:
+    settings = Settings(**CHANGED)
+    contract = Contract.from_settings(settings)
+    compared = [f.name for f in dataclasses.fields(Contract) if f.compare]
+    assert compared == list(CHANGED)
+    assert {name: getattr(contract, name) for name in compared} == CHANGED
+    assert contract == Contract.from_settings(Settings(**CHANGED))
+    assert hash(contract) == hash(Contract.from_settings(Settings(**CHANGED)))
+    assert contract != CONTRACT
+
+
+def test_contract_is_immutable() -> None:
+    contract = Contract.from_settings(SETTINGS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        contract.socket_volume = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        contract.socket_missing = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        contract.env_wrong["CA_ADDR"] = "other"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        contract.socket_volume_value["csi"]["readOnly"] = False  # type: ignore[index]
+    assert contract == CONTRACT
+    assert contract.socket_volume_value == CSI
+
+
+@pytest.mark.parametrize(("name", "value"), CHANGED.items(), ids=list(CHANGED))
+def test_contracts_one_field_apart_each_rewrite_by_their_own_settings(
+    name: str, value: str
+) -> None:
+    settings = Settings(**{name: value})
+    # Opted out by the default label, so a changed opt-out label or value changes the result.
+    labels = {"istio-spiffe-webhook/inject": "disabled"} if name.startswith("inject_") else {}
+    original = pod(
+        containers=[APP, istio_proxy()],
+        volumes=[{"name": "workload-certs", "emptyDir": {}}, {"name": "workload-socket"}],
+        labels=labels,
+    )
+    default, changed = CONTRACT, Contract.from_settings(settings)
+    first, second, again, once_more = (rewrite(original, c) for c in (default, changed) * 2)
+    assert (again, once_more) == (first, second)
+    assert first.ops != second.ops
+    assert_rewritten(original, jsonpatch.apply_patch(original, first.ops), SETTINGS)
+    assert_rewritten(original, jsonpatch.apply_patch(original, second.ops), settings)
+
+
+def test_contracts_of_short_lived_settings_never_see_each_others_names() -> None:
+    # Each Settings is dropped at once, so its id may be reused by the next one: a cache
+    # keyed by id() could hand out the previous names.
+    for index in range(20):
+        contract = Contract.from_settings(Settings(socket_volume=f"socket-{index}"))
+        ops = rewrite(pod(containers=[APP, istio_proxy()], volumes=[]), contract).ops
+        assert ops[0] == {
+            "op": "add",
+            "path": "/spec/volumes/-",
+            "value": {
+                "name": f"socket-{index}",
+                "csi": {"driver": "csi.spiffe.io", "readOnly": True},
+            },
+        }
+
+
 # --- fixtures -------------------------------------------------------------------------------
 
 
@@ -630,7 +714,7 @@ def test_every_fixture_is_rewritten_to_the_contract_and_loads_as_v1pod(name: str
 def test_fixtures_without_istio_proxy_yield_no_patch() -> None:
     pods = istio_pods()
     for name in ("custom-template--0", "hello-ignore--0"):
-        assert rewrite(pods[name], SETTINGS).ops == [], name
+        assert rewrite(pods[name], CONTRACT).ops == [], name
 
 
 def test_grpc_agent_fixture_warns_about_the_app_container_mount() -> None:
@@ -687,13 +771,13 @@ def test_wrong_json_types_raise_invalid_pod_naming_the_field(mangle: Any, messag
     original = pod()
     mangle(original)
     with pytest.raises(InvalidPod) as caught:
-        rewrite(original, SETTINGS)
+        rewrite(original, CONTRACT)
     assert str(caught.value) == message
 
 
 def test_a_pod_that_is_not_an_object_is_invalid() -> None:
     with pytest.raises(InvalidPod) as caught:
-        rewrite([], SETTINGS)  # type: ignore[arg-type]
+        rewrite([], CONTRACT)  # type: ignore[arg-type]
     assert str(caught.value) == "pod: must be a JSON object"
 
 

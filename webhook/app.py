@@ -33,6 +33,7 @@ from webhook.review import (
     decide,
     parse,
 )
+from webhook.rewrite import Contract
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,7 +57,10 @@ class Readiness:
 
 
 class WebhookApp:
-    """ASGI entry point: `/mutate` here, the rest to FastAPI."""
+    """ASGI entry point: `/mutate` here, the rest to FastAPI.
+
+    The settings' contract is compiled once, here, and every `/mutate` rewrites with it.
+    """
 
     def __init__(
         self,
@@ -65,6 +69,7 @@ class WebhookApp:
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
+        self.contract = Contract.from_settings(settings)
         self.readiness = readiness or Readiness(certificate_loaded=True)
         self.observer = observer or Observer(Metrics())
         self.api = _fastapi(self.readiness)
@@ -101,7 +106,7 @@ class WebhookApp:
         review: AdmissionReview | None = None
         try:
             review = parse(body)
-            decision = decide(review, self.settings)
+            decision = decide(review, self.contract)
             response = decision.response_bytes()
         except BadReview as error:
             await _respond(send, error.status, _error(error.reason))

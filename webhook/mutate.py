@@ -32,7 +32,7 @@ import jsonpatch
 import yaml
 
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, Op, escape, rewrite
+from webhook.rewrite import Contract, InvalidPod, Op, escape, rewrite
 
 # kind -> keys from the object to its pod template ("Pod" is the pod itself).
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -155,13 +155,13 @@ def _expanded_size(value: Any, seen: dict[int, int]) -> int:
 # --- Rewriting ---------------------------------------------------------------------------
 
 
-def process(document: Any, settings: Settings, where: str) -> Outcome:
+def process(document: Any, contract: Contract, where: str) -> Outcome:
     """Rewrite one input document; `where` names it in error messages."""
     if not isinstance(document, dict):
         raise BadInput(f"{where}: not a mapping but {_type_name(document)}")
     if document.get("kind") == ADMISSION_REVIEW:
-        return _review(document, settings, where)
-    ops, warnings = object_ops(document, settings, where)
+        return _review(document, contract, where)
+    ops, warnings = object_ops(document, contract, where)
     if ops:
         # In place: an `add` of an existing key sets the value where the key is, so the
         # output keeps the input's key order.
@@ -170,13 +170,13 @@ def process(document: Any, settings: Settings, where: str) -> Outcome:
 
 
 def object_ops(
-    obj: dict[str, Any], settings: Settings, where: str, kind: Any = None
+    obj: dict[str, Any], contract: Contract, where: str, kind: Any = None
 ) -> tuple[list[Op], list[str]]:
     """The patch into `obj` (a Pod, a workload or a List) and the rewrite's warnings."""
     kind = obj.get("kind") or kind
     label = _label(obj, kind)
     if isinstance(kind, str) and kind.endswith("List"):
-        return _list_ops(obj, settings, where, kind)
+        return _list_ops(obj, contract, where, kind)
     path = TEMPLATES.get(kind) if isinstance(kind, str) else None
     if path is None:
         return [], []
@@ -189,7 +189,7 @@ def object_ops(
             dotted = ".".join(path[: depth + 1])
             raise BadInput(f"{where} ({label}): {dotted}: must be a mapping")
     try:
-        result = rewrite(template, settings)
+        result = rewrite(template, contract)
     except InvalidPod as error:
         dotted = "".join(f"{key}." for key in path)
         raise BadInput(f"{where} ({label}): {dotted}{error}") from None
@@ -199,7 +199,7 @@ def object_ops(
 
 
 def _list_ops(
-    obj: dict[str, Any], settings: Settings, where: str, kind: str
+    obj: dict[str, Any], contract: Contract, where: str, kind: str
 ) -> tuple[list[Op], list[str]]:
     items = obj.get("items")
     if items is None:
@@ -212,13 +212,13 @@ def _list_ops(
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadInput(f"{where}: items[{index}]: not a mapping but {_type_name(item)}")
-        item_ops, item_warnings = object_ops(item, settings, f"{where}: items[{index}]", item_kind)
+        item_ops, item_warnings = object_ops(item, contract, f"{where}: items[{index}]", item_kind)
         ops.extend({**op, "path": f"/items/{index}{op['path']}"} for op in item_ops)
         warnings.extend(item_warnings)
     return ops, warnings
 
 
-def _review(document: dict[str, Any], settings: Settings, where: str) -> Outcome:
+def _review(document: dict[str, Any], contract: Contract, where: str) -> Outcome:
     """The AdmissionReview answer the webhook gives to a captured request."""
     from webhook.review import BadReview, decide, parse
 
@@ -227,7 +227,7 @@ def _review(document: dict[str, Any], settings: Settings, where: str) -> Outcome
     except (TypeError, ValueError) as error:
         raise BadInput(f"{where} (AdmissionReview): not JSON data: {error}") from None
     try:
-        decision = decide(parse(body), settings)
+        decision = decide(parse(body), contract)
     except BadReview as error:
         raise BadInput(f"{where} (AdmissionReview): {error.reason}") from None
     label = _label(decision.request.object, "Pod") if decision.result.warnings else ""
@@ -295,8 +295,9 @@ def mutate_text(text: str, name: str, settings: Settings, *, patch: bool = False
             " (wrap them in a kind: List, or run without --patch)"
         )
     many = len(documents) > 1
+    contract = Contract.from_settings(settings)
     outcomes = [
-        process(doc, settings, f"{name}: document {n}" if many else name)
+        process(doc, contract, f"{name}: document {n}" if many else name)
         for n, doc in enumerate(documents, 1)
     ]
     output = (

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from webhook.config import Settings
-from webhook.rewrite import InvalidPod, Result, rewrite
+from webhook.rewrite import Contract, InvalidPod, Result, rewrite
 
 API_VERSION: Literal["admission.k8s.io/v1"] = "admission.k8s.io/v1"
 
@@ -112,7 +111,7 @@ def parse(body: bytes) -> AdmissionReview:
         raise BadReview(_describe(error)) from None
 
 
-def decide(review: AdmissionReview, settings: Settings) -> Decision:
+def decide(review: AdmissionReview, contract: Contract) -> Decision:
     request = review.request
     if request.kind.kind != "Pod" or request.kind.group != "":
         return Decision(review, Result(), "unchanged", "not-a-pod")
@@ -129,7 +128,7 @@ def decide(review: AdmissionReview, settings: Settings) -> Decision:
     if not isinstance(spec.get("containers"), list):
         raise BadReview("request.object.spec.containers: must be a JSON array")
     try:
-        result = rewrite(pod, settings)
+        result = rewrite(pod, contract)
     except InvalidPod as error:
         raise BadReview(f"request.object.{error}") from None
     if result.ops:
@@ -137,13 +136,13 @@ def decide(review: AdmissionReview, settings: Settings) -> Decision:
     return Decision(review, result, "unchanged", result.skipped or "compliant")
 
 
-def handle(body: bytes, settings: Settings) -> Decision:
+def handle(body: bytes, contract: Contract) -> Decision:
     """Bytes of an AdmissionReview in, the decision out; BadReview on bad input.
 
     The body's size is the reader's limit (`/mutate` refuses one over `max_body_bytes`
     with 413 while reading it), not checked again here.
     """
-    return decide(parse(body), settings)
+    return decide(parse(body), contract)
 
 
 def _describe(error: ValidationError) -> str:

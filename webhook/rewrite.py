@@ -21,16 +21,19 @@ mounts are gone, and each env variable it sets is set once.
 
 Why: Istio's agent serves file-mounted certificates whenever cert files exist under the
 `workload-certs` mount and never rotates them from the SPIFFE socket; without the volume
-it uses the Workload API socket and rotates. Names and values come from `Settings`.
+it uses the Workload API socket and rotates. Names and values come from `Settings`,
+compiled once into an immutable `Contract` (`Contract.from_settings`) that every call takes.
 
-`rewrite()` is pure: no I/O, and the pod is only read, never copied or changed. The same
-result says why a pod is not compliant (`Result.reasons`), for the webhook, `mutate` and
-`audit` alike.
+`rewrite(pod, contract)` is pure: no I/O, no state, and the pod is only read, never copied
+or changed. The same result says why a pod is not compliant (`Result.reasons`), for the
+webhook, `mutate` and `audit` alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from webhook.config import Settings
@@ -61,146 +64,187 @@ def escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def has_proxy(pod: dict[str, Any], settings: Settings) -> bool:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contract:
+    """A `Settings`' names and values for the rewrite, compiled once: what `rewrite` takes.
+
+    Made by `Contract.from_settings` where the settings are known (the webhook's app at
+    startup, `mutate` and `audit` once per run) and passed to every call. Every pod creation
+    runs `rewrite`, and building the reason strings for each one cost more than the checks
+    themselves, so they are made here too. Immutable (frozen, its mappings read-only): one
+    contract serves every request and always says what the settings it came from say.
+    """
+
+    # The Settings fields of the same names.
+    proxy_container: str
+    certs_volume: str
+    socket_volume: str
+    socket_mount_path: str
+    csi_driver: str
+    cert_provider_env: str
+    cert_provider: str
+    ca_addr_env: str
+    ca_addr: str
+    identity_label: str
+    identity_label_value: str
+    inject_label: str
+    inject_disabled_value: str
+    # Made from the fields above by `from_settings`, so left out of ==, hash and repr.
+    label_path: str = field(compare=False, repr=False)
+    # Compared with, never put in an op (ops get fresh objects: callers may edit them).
+    socket_volume_value: Mapping[str, Any] = field(compare=False, repr=False)
+    # The reasons that depend on nothing but the names.
+    has_certs_volume: str = field(compare=False, repr=False)
+    socket_missing: str = field(compare=False, repr=False)
+    proxy_no_mount: str = field(compare=False, repr=False)
+    proxy_mounts_certs: str = field(compare=False, repr=False)
+    read_write: str = field(compare=False, repr=False)
+    path_twice: str = field(compare=False, repr=False)
+    no_env: str = field(compare=False, repr=False)
+    env_twice: Mapping[str, str] = field(compare=False, repr=False)
+    env_wrong: Mapping[str, str] = field(compare=False, repr=False)
+    env_missing: Mapping[str, str] = field(compare=False, repr=False)
+    label_missing: str = field(compare=False, repr=False)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Contract:
+        proxy, certs, socket = s.proxy_container, s.certs_volume, s.socket_volume
+        wanted = {s.cert_provider_env: s.cert_provider, s.ca_addr_env: s.ca_addr}
+        return cls(
+            proxy_container=proxy,
+            certs_volume=certs,
+            socket_volume=socket,
+            socket_mount_path=s.socket_mount_path,
+            csi_driver=s.csi_driver,
+            cert_provider_env=s.cert_provider_env,
+            cert_provider=s.cert_provider,
+            ca_addr_env=s.ca_addr_env,
+            ca_addr=s.ca_addr,
+            identity_label=s.identity_label,
+            identity_label_value=s.identity_label_value,
+            inject_label=s.inject_label,
+            inject_disabled_value=s.inject_disabled_value,
+            label_path=f"/metadata/labels/{escape(s.identity_label)}",
+            socket_volume_value=MappingProxyType(
+                {
+                    "name": socket,
+                    "csi": MappingProxyType({"driver": s.csi_driver, "readOnly": True}),
+                }
+            ),
+            has_certs_volume=f"has the {certs} volume",
+            socket_missing=f"volume {socket} is missing",
+            proxy_no_mount=f"{proxy} does not mount {socket}",
+            proxy_mounts_certs=f"{proxy} mounts {certs}",
+            read_write=f"{proxy} mounts {socket} read-write",
+            path_twice=f"{proxy} has two mounts at {s.socket_mount_path}",
+            no_env=f"{proxy} has no {' or '.join(wanted)}",
+            env_twice=MappingProxyType({n: f"{proxy} sets {n} twice" for n in wanted}),
+            env_wrong=MappingProxyType(
+                {n: f"{proxy} has {n} not set to {v}" for n, v in wanted.items()}
+            ),
+            env_missing=MappingProxyType({n: f"{proxy} has no {n}" for n in wanted}),
+            label_missing=f"label {s.identity_label}={s.identity_label_value} is missing",
+        )
+
+
+def has_proxy(pod: dict[str, Any], contract: Contract) -> bool:
     spec = _dict(pod, "spec", "spec")
+    proxy = contract.proxy_container
     return any(
-        isinstance(c, dict) and c.get("name") == settings.proxy_container
+        isinstance(c, dict) and c.get("name") == proxy
         for name in _LISTS
         for c in _list(spec, name, f"spec.{name}")
     )
 
 
-def opted_out(pod: dict[str, Any], settings: Settings) -> bool:
+def opted_out(pod: dict[str, Any], contract: Contract) -> bool:
     labels = _dict(_dict(pod, "metadata", "metadata"), "labels", "metadata.labels")
-    return labels.get(settings.inject_label) == settings.inject_disabled_value
+    return labels.get(contract.inject_label) == contract.inject_disabled_value
 
 
-class _Names:
-    """A Settings' names and values, and the reasons that depend on nothing else.
-
-    Made once per Settings (which is frozen): every pod creation runs `rewrite`, and
-    building these strings for each one cost more than the checks themselves.
-    """
-
-    def __init__(self, s: Settings) -> None:
-        self.proxy = s.proxy_container
-        self.certs = s.certs_volume
-        self.socket = s.socket_volume
-        self.mount_path = s.socket_mount_path
-        self.driver = s.csi_driver
-        self.cert_provider_env, self.cert_provider = s.cert_provider_env, s.cert_provider
-        self.ca_addr_env, self.ca_addr = s.ca_addr_env, s.ca_addr
-        self.label_key, self.label_value = s.identity_label, s.identity_label_value
-        self.label_path = f"/metadata/labels/{escape(s.identity_label)}"
-        # Compared with, never put in an op (ops get fresh objects: callers may edit them).
-        self.wanted_volume = {"name": self.socket, "csi": {"driver": self.driver, "readOnly": True}}
-        self.volume_certs = f"has the {self.certs} volume"
-        self.socket_missing = f"volume {self.socket} is missing"
-        self.proxy_no_mount = f"{self.proxy} does not mount {self.socket}"
-        self.proxy_mounts_certs = f"{self.proxy} mounts {self.certs}"
-        self.read_write = f"{self.proxy} mounts {self.socket} read-write"
-        self.path_twice = f"{self.proxy} has two mounts at {self.mount_path}"
-        wanted = {self.cert_provider_env: self.cert_provider, self.ca_addr_env: self.ca_addr}
-        self.no_env = f"{self.proxy} has no {' or '.join(wanted)}"
-        self.env_twice = {n: f"{self.proxy} sets {n} twice" for n in wanted}
-        self.env_wrong = {n: f"{self.proxy} has {n} not set to {v}" for n, v in wanted.items()}
-        self.env_missing = {n: f"{self.proxy} has no {n}" for n in wanted}
-        self.label_missing = f"label {self.label_key}={self.label_value} is missing"
-
-
-_NAMES: dict[int, tuple[Settings, _Names]] = {}
-
-
-def _names(settings: Settings) -> _Names:
-    entry = _NAMES.get(id(settings))
-    if entry is not None and entry[0] is settings:
-        return entry[1]
-    if len(_NAMES) >= 64:  # tests make many Settings; a server has one
-        _NAMES.clear()
-    names = _Names(settings)
-    _NAMES[id(settings)] = (settings, names)
-    return names
-
-
-def rewrite(pod: dict[str, Any], settings: Settings) -> Result:
+def rewrite(pod: dict[str, Any], contract: Contract) -> Result:
     """The patch (RFC 6902 ops, in order) that makes `pod` follow the contract."""
     result = Result()
     if not isinstance(pod, dict):
         raise InvalidPod("pod: must be a JSON object")
-    if opted_out(pod, settings):
+    if opted_out(pod, contract):
         result.skipped = "opted-out"
         return result
-    if not has_proxy(pod, settings):
+    if not has_proxy(pod, contract):
         result.skipped = "no-proxy"
         return result
-    names = _names(settings)
     spec = _dict(pod, "spec", "spec")
-    _volumes(spec, names, result)
-    proxy = names.proxy
+    _volumes(spec, contract, result)
+    proxy = contract.proxy_container
     for list_name in _LISTS:
         for index, container in enumerate(_list(spec, list_name, f"spec.{list_name}")):
             if not isinstance(container, dict):
                 raise InvalidPod(f"spec.{list_name}[{index}]: must be a JSON object")
             where = f"/spec/{list_name}/{index}"
             if container.get("name") == proxy:
-                _proxy_mounts(container, where, names, result)
-                _proxy_env(container, where, names, result)
+                _proxy_mounts(container, where, contract, result)
+                _proxy_env(container, where, contract, result)
             else:
-                _other_mounts(container, where, names, result)
-    _label(pod, names, result)
+                _other_mounts(container, where, contract, result)
+    _label(pod, contract, result)
     return result
 
 
-def _volumes(spec: dict[str, Any], n: _Names, result: Result) -> None:
+def _volumes(spec: dict[str, Any], c: Contract, result: Result) -> None:
     volumes = spec.get("volumes")
     if volumes is None:
         result.ops.append(
             {
                 "op": "add",
                 "path": "/spec/volumes",
-                "value": [{"name": n.socket, "csi": {"driver": n.driver, "readOnly": True}}],
+                "value": [
+                    {"name": c.socket_volume, "csi": {"driver": c.csi_driver, "readOnly": True}}
+                ],
             }
         )
-        result.reasons.append(n.socket_missing)
+        result.reasons.append(c.socket_missing)
         return
     if not isinstance(volumes, list):
         raise InvalidPod("spec.volumes: must be a JSON array")
     ops, reasons = result.ops, result.reasons
-    certs, socket = n.certs, n.socket
+    certs, socket = c.certs_volume, c.socket_volume
     removed: list[int] = []
     socket_seen = False
     for index, volume in enumerate(volumes):
         name = volume.get("name") if isinstance(volume, dict) else None
         if name == certs:
             removed.append(index)
-            reasons.append(n.volume_certs)
+            reasons.append(c.has_certs_volume)
         elif name != socket:
             continue
         elif socket_seen:
             removed.append(index)  # a duplicate; the API server would reject the pod
         else:
             socket_seen = True
-            if volume != n.wanted_volume:
+            if volume != c.socket_volume_value:
                 ops.append(
                     {
                         "op": "replace",
                         "path": f"/spec/volumes/{index}",
-                        "value": {"name": socket, "csi": {"driver": n.driver, "readOnly": True}},
+                        "value": {
+                            "name": socket,
+                            "csi": {"driver": c.csi_driver, "readOnly": True},
+                        },
                     }
                 )
                 source = _source(volume)
                 reasons.append(
                     f"volume {socket} is {source or 'without a source'},"
-                    f" not a read-only CSI volume of {n.driver}"
+                    f" not a read-only CSI volume of {c.csi_driver}"
                 )
                 csi = volume.get("csi")
                 driver = csi.get("driver") if isinstance(csi, dict) else None
                 if source not in (None, "emptyDir", "csi") or (
-                    source == "csi" and driver != n.driver
+                    source == "csi" and driver != c.csi_driver
                 ):
                     result.warnings.append(
                         f"replaced the {source} source of volume {socket}"
-                        f" with the CSI driver {n.driver}"
+                        f" with the CSI driver {c.csi_driver}"
                     )
     for index in reversed(removed):
         ops.append({"op": "remove", "path": f"/spec/volumes/{index}"})
@@ -209,10 +253,10 @@ def _volumes(spec: dict[str, Any], n: _Names, result: Result) -> None:
             {
                 "op": "add",
                 "path": "/spec/volumes/-",
-                "value": {"name": socket, "csi": {"driver": n.driver, "readOnly": True}},
+                "value": {"name": socket, "csi": {"driver": c.csi_driver, "readOnly": True}},
             }
         )
-        reasons.append(n.socket_missing)
+        reasons.append(c.socket_missing)
 
 
 def _source(volume: dict[str, Any]) -> str | None:
@@ -230,11 +274,11 @@ def _field_list(container: dict[str, Any], key: str, where: str) -> list[Any] | 
     raise InvalidPod(f"{where[1:].replace('/', '.')}.{key}: must be a JSON array")
 
 
-def _other_mounts(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+def _other_mounts(container: dict[str, Any], where: str, c: Contract, result: Result) -> None:
     mounts = _field_list(container, "volumeMounts", where)
     if not mounts:
         return
-    certs = n.certs
+    certs = c.certs_volume
     removed = [i for i, m in enumerate(mounts) if isinstance(m, dict) and m.get("name") == certs]
     if removed:
         name = container.get("name")
@@ -244,7 +288,7 @@ def _other_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
             result.ops.append({"op": "remove", "path": f"{where}/volumeMounts/{i}"})
 
 
-def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+def _proxy_mounts(container: dict[str, Any], where: str, c: Contract, result: Result) -> None:
     mounts = _field_list(container, "volumeMounts", where)
     ops, reasons = result.ops, result.reasons
     if mounts is None:
@@ -252,13 +296,15 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
             {
                 "op": "add",
                 "path": f"{where}/volumeMounts",
-                "value": [{"name": n.socket, "mountPath": n.mount_path, "readOnly": True}],
+                "value": [
+                    {"name": c.socket_volume, "mountPath": c.socket_mount_path, "readOnly": True}
+                ],
             }
         )
-        reasons.append(n.proxy_no_mount)
+        reasons.append(c.proxy_no_mount)
         return
-    certs, socket, mount_path = n.certs, n.socket, n.mount_path
-    chosen = _socket_mount(mounts, n)
+    certs, socket, mount_path = c.certs_volume, c.socket_volume, c.socket_mount_path
+    chosen = _socket_mount(mounts, c)
     removed: list[int] = []
     for index, mount in enumerate(mounts):
         if not isinstance(mount, dict):
@@ -267,34 +313,34 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
         path = f"{where}/volumeMounts/{index}"
         if name == certs:
             removed.append(index)
-            reasons.append(n.proxy_mounts_certs)
+            reasons.append(c.proxy_mounts_certs)
             continue
         if index == chosen:
             if name != socket:
                 ops.append({"op": "add", "path": f"{path}/name", "value": socket})
-                reasons.append(f"{n.proxy} mounts {name} at {mount_path}")
+                reasons.append(f"{c.proxy_container} mounts {name} at {mount_path}")
                 result.warnings.append(
                     f"replaced the mount of volume {name} at {mount_path}"
-                    f" in container {n.proxy} with {socket}"
+                    f" in container {c.proxy_container} with {socket}"
                 )
             if mount.get("mountPath") != mount_path:
                 ops.append({"op": "add", "path": f"{path}/mountPath", "value": mount_path})
-                reasons.append(f"{n.proxy} mounts {socket} at {mount.get('mountPath')}")
+                reasons.append(f"{c.proxy_container} mounts {socket} at {mount.get('mountPath')}")
         elif mount.get("mountPath") == mount_path:
             # A second mount at the socket's path: the API server refuses duplicate paths.
             removed.append(index)
-            reasons.append(n.path_twice)
+            reasons.append(c.path_twice)
             if name != socket:
                 result.warnings.append(
                     f"removed the second mount at {mount_path} (volume {name})"
-                    f" from container {n.proxy}"
+                    f" from container {c.proxy_container}"
                 )
             continue
         elif name != socket:
             continue
         if mount.get("readOnly") is not True:
             ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
-            reasons.append(n.read_write)
+            reasons.append(c.read_write)
     for index in reversed(removed):
         ops.append({"op": "remove", "path": f"{where}/volumeMounts/{index}"})
     if chosen is None:
@@ -305,39 +351,39 @@ def _proxy_mounts(container: dict[str, Any], where: str, n: _Names, result: Resu
                 "value": {"name": socket, "mountPath": mount_path, "readOnly": True},
             }
         )
-        reasons.append(n.proxy_no_mount)
+        reasons.append(c.proxy_no_mount)
 
 
-def _socket_mount(mounts: list[Any], n: _Names) -> int | None:
+def _socket_mount(mounts: list[Any], c: Contract) -> int | None:
     """Which mount becomes the socket mount: the first at the socket's path (mounts of the
     certificates volume go anyway), else the first of the socket volume, else none."""
     first_of_socket = None
     for index, mount in enumerate(mounts):
-        if not isinstance(mount, dict) or mount.get("name") == n.certs:
+        if not isinstance(mount, dict) or mount.get("name") == c.certs_volume:
             continue
-        if mount.get("mountPath") == n.mount_path:
+        if mount.get("mountPath") == c.socket_mount_path:
             return index
-        if first_of_socket is None and mount.get("name") == n.socket:
+        if first_of_socket is None and mount.get("name") == c.socket_volume:
             first_of_socket = index
     return first_of_socket
 
 
-def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result) -> None:
+def _proxy_env(container: dict[str, Any], where: str, c: Contract, result: Result) -> None:
     env = _field_list(container, "env", where)
     ops, reasons = result.ops, result.reasons
-    first, second = n.cert_provider_env, n.ca_addr_env
+    first, second = c.cert_provider_env, c.ca_addr_env
     if env is None:
         ops.append(
             {
                 "op": "add",
                 "path": f"{where}/env",
                 "value": [
-                    {"name": first, "value": n.cert_provider},
-                    {"name": second, "value": n.ca_addr},
+                    {"name": first, "value": c.cert_provider},
+                    {"name": second, "value": c.ca_addr},
                 ],
             }
         )
-        reasons.append(n.no_env)
+        reasons.append(c.no_env)
         return
     # The (usually two) entries that set our variables, found in one pass over the env.
     hits = [
@@ -351,10 +397,10 @@ def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result)
         name = var["name"]
         if name in seen:
             removed.append(index)
-            reasons.append(n.env_twice[name])
+            reasons.append(c.env_twice[name])
             continue
         seen.add(name)
-        value = n.cert_provider if name == first else n.ca_addr
+        value = c.cert_provider if name == first else c.ca_addr
         if var != {"name": name, "value": value}:
             ops.append(
                 {
@@ -363,29 +409,29 @@ def _proxy_env(container: dict[str, Any], where: str, n: _Names, result: Result)
                     "value": {"name": name, "value": value},
                 }
             )
-            reasons.append(n.env_wrong[name])
+            reasons.append(c.env_wrong[name])
     for index in reversed(removed):
         ops.append({"op": "remove", "path": f"{where}/env/{index}"})
-    for name, value in ((first, n.cert_provider), (second, n.ca_addr)):
+    for name, value in ((first, c.cert_provider), (second, c.ca_addr)):
         if name not in seen:
             ops.append(
                 {"op": "add", "path": f"{where}/env/-", "value": {"name": name, "value": value}}
             )
-            reasons.append(n.env_missing[name])
+            reasons.append(c.env_missing[name])
 
 
-def _label(pod: dict[str, Any], n: _Names, result: Result) -> None:
-    key, value = n.label_key, n.label_value
+def _label(pod: dict[str, Any], c: Contract, result: Result) -> None:
+    key, value = c.identity_label, c.identity_label_value
     metadata = pod.get("metadata")
     if metadata is None:
         result.ops.append({"op": "add", "path": "/metadata", "value": {"labels": {key: value}}})
     elif metadata.get("labels") is None:
         result.ops.append({"op": "add", "path": "/metadata/labels", "value": {key: value}})
     elif metadata["labels"].get(key) != value:
-        result.ops.append({"op": "add", "path": n.label_path, "value": value})
+        result.ops.append({"op": "add", "path": c.label_path, "value": value})
     else:
         return
-    result.reasons.append(n.label_missing)
+    result.reasons.append(c.label_missing)
 
 
 def _dict(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ if os.environ.get("E2E") != "1" or not os.environ.get("KUBECONFIG"):
 from tests.e2e.shapes import e2e_pods, plain_pod, refused_fields
 from tests.oracle import LISTS
 from webhook.config import Settings
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 pytestmark = pytest.mark.e2e
 
@@ -259,7 +259,7 @@ def webhook_result(cluster: Cluster, fixture: str, source: str = "injected") -> 
     if key not in cluster.results:
         defaulted = cluster.outcome(fixture, cluster.plain, source)
         assert isinstance(defaulted, dict), defaulted
-        ops = rewrite(defaulted, cluster.settings).ops
+        ops = rewrite(defaulted, Contract.from_settings(cluster.settings)).ops
         cluster.results[key] = cluster.dry_run(jsonpatch.apply_patch(defaulted, ops), cluster.plain)
     result = cluster.results[key]
     assert isinstance(result, dict), result

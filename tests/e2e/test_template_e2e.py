@@ -64,7 +64,7 @@ if os.environ.get("E2E") != "1":
 from tests.e2e.shapes import e2e_pods, refused_fields
 from tests.gotemplate import render, template_data
 from webhook.config import Settings, load_settings
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 from webhook.template import GATEWAY_SUFFIX, TEMPLATE_NAME, render_template
 
 pytestmark = pytest.mark.e2e
@@ -327,7 +327,9 @@ def outcomes(templatecheck: Path) -> Outcomes:
     by_webhook = [
         {
             "name": case.key,
-            "pod": jsonpatch.apply_patch(case.pod, rewrite(case.pod, case.settings).ops),
+            "pod": jsonpatch.apply_patch(
+                case.pod, rewrite(case.pod, Contract.from_settings(case.settings)).ops
+            ),
             "nativeSidecars": False,
             "templates": [],
         }

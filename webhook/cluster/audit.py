@@ -33,7 +33,7 @@ from webhook.cluster.pods import (
     takes_certificates_from_istiod,
 )
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, rewrite
+from webhook.rewrite import Contract, InvalidPod, rewrite
 
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 ROLLOUT_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -81,6 +81,7 @@ def run_audit(
     include_istiod: bool = False,
 ) -> Json:
     """The audit report as a JSON-ready dict."""
+    contract = Contract.from_settings(settings)
     selected = select_pods(cluster, settings, selection)
     opted_in = selected.opted_in
     owners: dict[tuple[str, str, str], Owner] = {}
@@ -92,7 +93,7 @@ def run_audit(
         ns = namespace_of(pod)
         checked += 1
         try:
-            result = rewrite(pod, settings)
+            result = rewrite(pod, contract)
         except InvalidPod as error:  # not from a real API server, but never a traceback
             skipped.append({"namespace": ns, "name": metadata.get("name"), "error": str(error)})
             continue

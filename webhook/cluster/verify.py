@@ -57,7 +57,7 @@ from webhook.cluster.pods import (
     select_pods,
 )
 from webhook.config import Settings
-from webhook.rewrite import InvalidPod, has_proxy
+from webhook.rewrite import Contract, InvalidPod, has_proxy
 
 ROTATING, STALE, EXPIRED, FOREIGN, MISMATCH, MISSING, UNREACHABLE = (
     "rotating", "stale", "expired", "foreign", "mismatch", "missing", "unreachable",
@@ -295,10 +295,11 @@ def _targets(
 ) -> tuple[list[tuple[Json, tuple[str, str]]], int]:
     """The running pods with istio-proxy and their owners; and how many were not running."""
     selected = select_pods(cluster, settings, selection)
+    contract = Contract.from_settings(settings)
     targets, not_running = [], 0
     for pod in selected.pods:
         try:
-            proxied = has_proxy(pod, settings)
+            proxied = has_proxy(pod, contract)
         except InvalidPod:
             continue
         if not proxied:
