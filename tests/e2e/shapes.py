@@ -50,6 +50,9 @@ def plain_pod(name: str) -> dict[str, Any]:
     }
 
 
+UNITS = {"manifests": "kustomizations"}
+
+
 def summary_lines(report: Path) -> list[str]:
     """`FORM: RIGHT/ALL pods` from the case files every pytest process wrote."""
     cases: dict[str, dict[str, bool]] = {}
@@ -57,7 +60,10 @@ def summary_lines(report: Path) -> list[str]:
         for form, results in json.loads(part.read_text()).items():
             for name, right in results.items():
                 cases.setdefault(form, {})[name] = cases.get(form, {}).get(name, True) and right
-    return [f"{form}: {sum(c.values())}/{len(c)} pods" for form, c in sorted(cases.items())]
+    return [
+        f"{form}: {sum(c.values())}/{len(c)} {UNITS.get(form, 'pods')}"
+        for form, c in sorted(cases.items())
+    ]
 
 
 def refused_fields(message: str) -> list[str]:

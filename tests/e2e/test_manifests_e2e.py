@@ -86,7 +86,12 @@ def overlay(tmp_path: Path, component: str) -> Path:
     return target
 
 
-def test_the_self_signed_install_is_accepted(namespace: str, tmp_path: Path) -> None:
+def test_the_self_signed_install_is_accepted(namespace: str, tmp_path: Path, tally: Any) -> None:
+    with tally.case("manifests", "certs/ (self-signed)"):
+        self_signed_install_is_accepted(tmp_path)
+
+
+def self_signed_install_is_accepted(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "manifests", tmp_path / "manifests")
     (tmp_path / "certs").mkdir()
     shutil.copy(ROOT / "certs" / "kustomization.yaml", tmp_path / "certs")
@@ -97,10 +102,11 @@ def test_the_self_signed_install_is_accepted(namespace: str, tmp_path: Path) -> 
     assert len(applied) == len(objects(manifests))
 
 
-def test_the_policy_install_is_accepted(namespace: str) -> None:
-    manifests = rendered(ROOT / "manifests" / "overlays" / "policy")
-    applied = dry_run(manifests)
-    assert len(applied) == len(objects(manifests))
+def test_the_policy_install_is_accepted(namespace: str, tally: Any) -> None:
+    with tally.case("manifests", "overlays/policy"):
+        manifests = rendered(ROOT / "manifests" / "overlays" / "policy")
+        applied = dry_run(manifests)
+        assert len(applied) == len(objects(manifests))
 
 
 def test_the_cert_manager_install_is_accepted_where_cert_manager_is(namespace: str) -> None:
