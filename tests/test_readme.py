@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from webhook.config import Settings
+from webhook.rewrite import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -79,7 +80,7 @@ def test_every_make_target_mentioned_exists(page: Path) -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets = make_targets_mentioned(page)
     missing = sorted(t for t in targets if not re.search(rf"^{t}:", makefile, re.M))
-    assert missing == [], "`make e2e` comes with issue 10's branch"
+    assert missing == [], "a page names a make target the Makefile does not have"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -91,7 +92,7 @@ def test_every_relative_link_points_at_an_existing_file_and_heading(page: Path) 
             broken.append(f"{path}: no such file")
         elif anchor and target.suffix == ".md" and anchor not in anchors(target):
             broken.append(f"{path}#{anchor}: no such heading")
-    assert broken == [], "docs/verify.md and docs/template.md come with issues 11 and 12"
+    assert broken == [], "a page links a file or heading that does not exist"
 
 
 def test_the_readme_links_every_page_in_docs() -> None:
@@ -101,6 +102,53 @@ def test_the_readme_links_every_page_in_docs() -> None:
         if path
     }
     assert {p.relative_to(ROOT).as_posix() for p in DOCS} <= linked
+
+
+def documented_warnings() -> list[str]:
+    """The warning texts docs/observability.md lists: the backticked start of each bullet
+    of its Warnings section, whitespace normalized (a text may wrap across lines)."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    section = text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    return [" ".join(m.split()) for m in re.findall(r"^- `([^`]+)`", section, re.M)]
+
+
+def test_observability_lists_the_texts_of_the_four_warnings_the_rewrite_gives() -> None:
+    settings = Settings()
+    path = settings.socket_mount_path
+    proxy = {
+        "name": settings.proxy_container,
+        "volumeMounts": [
+            {"name": "other", "mountPath": path},
+            {"name": "another", "mountPath": path},
+        ],
+    }
+    app = {"name": "app", "volumeMounts": [{"name": settings.certs_volume, "mountPath": "/c"}]}
+    pod = {
+        "spec": {
+            "containers": [app, proxy],
+            "volumes": [
+                {"name": settings.socket_volume, "hostPath": {"path": "/run/spire"}},
+                {"name": settings.certs_volume, "emptyDir": {}},
+                {"name": "other", "emptyDir": {}},
+                {"name": "another", "emptyDir": {}},
+            ],
+        }
+    }
+    given = rewrite(pod, settings).warnings
+    documented = documented_warnings()
+    patterns = [
+        re.compile(
+            "".join(
+                ".+" if p.startswith("<") else re.escape(p) for p in re.split(r"(<[a-z]+>)", text)
+            )
+            + "$"
+        )
+        for text in documented
+    ]
+    # Each warning given matches exactly one documented text, and each text one warning.
+    matched = [[i for i, pattern in enumerate(patterns) if pattern.match(w)] for w in given]
+    assert sorted(matched) == [[i] for i in range(len(documented))], (given, documented)
+    assert len(documented) == 4
 
 
 def test_slug_follows_githubs_anchors() -> None:
