@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from webhook.config import Settings
-from webhook.rewrite import rewrite
+from webhook.rewrite import Contract, rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -134,7 +134,7 @@ def test_observability_lists_the_texts_of_the_four_warnings_the_rewrite_gives() 
             ],
         }
     }
-    given = rewrite(pod, settings).warnings
+    given = rewrite(pod, Contract.from_settings(settings)).warnings
     documented = documented_warnings()
     patterns = [
         re.compile(
