@@ -37,6 +37,10 @@ class ClusterError(click.ClickException):
     exit_code = EXIT_CLUSTER
 
 
+class AccessDenied(ClusterError):
+    """403: the credentials are good but not allowed this read (a check may do without it)."""
+
+
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A `kubernetes.client.ApiClient` for the configured cluster, or ClusterError."""
     import urllib3
@@ -110,7 +114,8 @@ class Cluster:
         except ApiException as error:
             if error.status == 404 and missing_ok:
                 return None
-            raise ClusterError(self._describe(error, what)) from None
+            denied = error.status == 403
+            raise (AccessDenied if denied else ClusterError)(self._describe(error, what)) from None
         except urllib3.exceptions.HTTPError as error:
             raise ClusterError(
                 f"cannot reach the Kubernetes API at {self.host}: {_reason(error)}"
