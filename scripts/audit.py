@@ -11,9 +11,10 @@ and reads its JSON. pip-audit itself exits 0 when it could audit nothing (every 
 - every package audited, no vulnerability: exit 0;
 - a known vulnerability: the package, version, advisory and fixed versions; exit 1;
 - some packages audited and some not: the audit is incomplete; exit 1;
-- no package could be audited, or the service cannot be reached at all: it says plainly
-  that no vulnerability database is reachable from this machine and that nothing was
-  checked, and exits 0 (so a machine without that access can still run `make audit`).
+- no package of a lock file could be audited, or the service cannot be reached at all: it
+  says plainly that no vulnerability database is reachable from this machine and that
+  nothing was checked; exit 2 (unless another lock file found something: exit 1), so an
+  audit that checked nothing never passes for a clean one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOCKS = [ROOT / "requirements" / "runtime.lock", ROOT / "requirements" / "dev.lock"]
 TIMEOUT_SECONDS = 600
+EXIT_CLEAN, EXIT_FOUND, EXIT_NOT_CHECKED = 0, 1, 2
 UNREACHABLE_HINTS = (
     "ConnectionError",
     "Name or service not known",
@@ -111,7 +113,7 @@ def main(argv: list[str]) -> int:
         return 2
     service = os.environ.get("AUDIT_SERVICE", "pypi")
     reports = [run_pip_audit(lock, service) for lock in locks]
-    status = 0
+    status = EXIT_CLEAN
     for report in reports:
         where = report.lock.relative_to(ROOT) if report.lock.is_relative_to(ROOT) else report.lock
         if report.unreachable:
@@ -129,17 +131,19 @@ def main(argv: list[str]) -> int:
                 f"audit: {where}: NOT CHECKED: no vulnerability database ({service}) is"
                 f" reachable from this machine; {what} (first reason: {reason})"
             )
+            if status == EXIT_CLEAN:
+                status = EXIT_NOT_CHECKED
             continue
         if report.error:
             print(f"audit: {where}: pip-audit failed: {report.error}")
-            status = 1
+            status = EXIT_FOUND
             continue
         for line in report.vulnerable:
             print(f"audit: {where}: VULNERABLE: {line}")
         for name, reason in report.skipped.items():
             print(f"audit: {where}: not audited: {name}: {reason}")
         if report.vulnerable or report.skipped:
-            status = 1
+            status = EXIT_FOUND
         print(
             f"audit: {where}: {len(report.audited)} packages audited against {service},"
             f" {len(report.vulnerable)} known vulnerabilities,"
@@ -147,8 +151,9 @@ def main(argv: list[str]) -> int:
         )
     if all(report.unreachable for report in reports):
         print(
-            "audit: nothing was checked (no vulnerability database reachable); run `make"
-            " audit` on a machine with access to PyPI's JSON API or OSV (AUDIT_SERVICE=osv)."
+            "audit: FAILED: nothing was checked (no vulnerability database reachable); run"
+            " `make audit` on a machine with access to PyPI's JSON API or OSV"
+            " (AUDIT_SERVICE=osv)."
         )
     return status
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, YamlConfigSettingsSource
 
+from webhook import config
 from webhook.config import CONFIG_FILE_ENV, ENV_PREFIX, ConfigError, Settings, load_settings
 
 
@@ -245,3 +249,80 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
+
+
+def test_the_config_file_goes_to_the_yaml_source_not_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "proxy_container: envoy\n")
+    seen: list[tuple[object, str | None]] = []
+
+    class RecordingYamlSource(YamlConfigSettingsSource):
+        def __init__(self, settings_cls: type[BaseSettings], yaml_file: Path) -> None:
+            seen.append((yaml_file, os.environ.get(CONFIG_FILE_ENV)))
+            super().__init__(settings_cls, yaml_file=yaml_file)
+
+    monkeypatch.setattr(config, "YamlConfigSettingsSource", RecordingYamlSource)
+    assert load_settings(path).proxy_container == "envoy"
+    assert seen == [(path, None)]
+
+
+def test_settings_made_directly_read_no_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(write(tmp_path, "proxy_container: envoy\n")))
+    assert Settings().proxy_container == "istio-proxy"
+    assert load_settings().proxy_container == "envoy"
+
+
+def test_a_copy_with_another_socket_mount_path_derives_ca_addr_again() -> None:
+    copy = Settings().model_copy(update={"socket_mount_path": "/run/spiffe"})
+    assert (copy.socket_mount_path, copy.ca_addr) == ("/run/spiffe", "unix:///run/spiffe/socket")
+    assert copy == Settings(socket_mount_path="/run/spiffe")
+
+
+def test_a_copy_keeps_an_explicit_ca_addr() -> None:
+    settings = Settings(ca_addr="unix:///run/spire/agent.sock")
+    copy = settings.model_copy(update={"socket_mount_path": "/run/spiffe"})
+    assert copy.ca_addr == "unix:///run/spire/agent.sock"
+
+
+def test_a_copy_can_set_ca_addr_and_an_empty_one_is_derived() -> None:
+    explicit = Settings().model_copy(update={"ca_addr": "unix:///elsewhere"})
+    derived = explicit.model_copy(update={"ca_addr": "", "socket_mount_path": "/run/spiffe"})
+    assert (explicit.ca_addr, derived.ca_addr) == (
+        "unix:///elsewhere",
+        "unix:///run/spiffe/socket",
+    )
+
+
+@pytest.mark.parametrize(
+    ("update", "error"),
+    [
+        ({"port": 70000}, "less than or equal to 65535"),
+        ({"socket_mount_path": "relative"}, "String should match pattern '^/'"),
+        ({"socket_volume": "workload-certs"}, "certs_volume and socket_volume must differ"),
+        ({"csi_drvier": "csi.example.org"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_a_copy_is_validated_like_new_settings(update: dict[str, object], error: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(error)):
+        Settings().model_copy(update=update)
+
+
+def test_a_copy_takes_nothing_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    monkeypatch.setenv("ISTIO_SPIFFE_WEBHOOK_PORT", "9443")
+    monkeypatch.setenv("ISTIO_SPIFFE_WEBHOOK_CA_ADDR", "unix:///from/env")
+    copy = settings.model_copy(update={"csi_driver": "csi.example.org"})
+    assert (copy.csi_driver, copy.port, copy.ca_addr) == (
+        "csi.example.org",
+        8443,
+        "unix:///var/run/secrets/workload-spiffe-uds/socket",
+    )
+
+
+def test_a_copy_without_update_is_equal() -> None:
+    settings = Settings(socket_mount_path="/run/spiffe", port=9443)
+    assert settings.model_copy() == settings
+    assert settings.model_copy(deep=True) == settings

@@ -36,6 +36,7 @@ from webhook.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
+MESH_CONFIG_READER = MANIFESTS / "components" / "istio-mesh-config-reader"
 KUBECTL = shutil.which("kubectl")
 CLI = Path(sys.executable).with_name("istio-spiffe-webhook")
 SCHEMA_VERSIONS = ("1.30", "1.36", kubernetes_validate.latest_version())
@@ -48,7 +49,7 @@ WEBHOOK_POD = {
 }
 CLUSTER_SCOPED = {
     "Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
-    "MutatingWebhookConfiguration",
+    "MutatingWebhookConfiguration", "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding",
 }  # fmt: skip
 
 Objects = list[dict[str, Any]]
@@ -99,6 +100,8 @@ def renders(certs_dir: Path) -> dict[str, Objects]:
         "self-signed": kustomize(MANIFESTS / "overlays" / "self-signed"),
         "base": kustomize(MANIFESTS / "base"),
         "certs": kustomize(certs_dir),
+        "policy": kustomize(MANIFESTS / "overlays" / "policy"),
+        "mesh-config-reader": kustomize(MESH_CONFIG_READER),
     }
 
 
@@ -204,7 +207,9 @@ def check_cert_manager(obj: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
-@pytest.mark.parametrize("install", ["cert-manager", "self-signed", "certs", "base"])
+@pytest.mark.parametrize(
+    "install", ["cert-manager", "self-signed", "certs", "base", "mesh-config-reader"]
+)
 def test_every_rendered_object_validates_against_the_strict_kubernetes_schemas(
     renders: dict[str, Objects], install: str, version: str
 ) -> None:
@@ -218,20 +223,25 @@ def test_every_rendered_object_validates_against_the_strict_kubernetes_schemas(
         checked.append(obj["kind"])
     # The base is what the policy form shares: no server, no certificates.
     base = [
-        "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Role",
-        "RoleBinding", "RoleBinding",
-    ]  # fmt: skip
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ]
     webhook = [
         "PriorityClass", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
         "MutatingWebhookConfiguration",
     ]  # fmt: skip
-    extra = {
-        "cert-manager": [*webhook, "Issuer", "Issuer", "Certificate", "Certificate"],
-        "self-signed": webhook,
-        "certs": [*webhook, "Secret"],
-        "base": [],
+    expected = {
+        "cert-manager": [*base, *webhook, "Issuer", "Issuer", "Certificate", "Certificate"],
+        "self-signed": [*base, *webhook],
+        "certs": [*base, *webhook, "Secret"],
+        "base": base,
+        "mesh-config-reader": ["Role", "RoleBinding"],
     }[install]
-    assert sorted(checked) == sorted(base + extra)
+    assert sorted(checked) == sorted(expected)
 
 
 def test_the_schema_check_rejects_a_misspelled_field() -> None:
@@ -552,21 +562,68 @@ def test_rbac_gives_audit_and_doctor_read_access_and_nothing_more(objects: Objec
             "verbs": ["get"],
         }
     ]
-    mesh = one(objects, "Role", "istio-spiffe-webhook-mesh-config-reader")
-    assert mesh["metadata"]["namespace"] == "istio-system"
-    assert mesh["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "verbs": ["get", "list"],
-        }
-    ]
     service_account = one(objects, "ServiceAccount")["metadata"]
     subject = {"kind": "ServiceAccount", **{k: service_account[k] for k in ("name", "namespace")}}
     for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
         assert binding["subjects"] == [subject]
         one(objects, binding["roleRef"]["kind"], binding["roleRef"]["name"])
     assert pod_spec(objects)["serviceAccountName"] == service_account["name"]
+
+
+def test_the_mesh_config_reader_component_reads_configmaps_in_istios_namespace_only(
+    renders: dict[str, Objects], objects: Objects
+) -> None:
+    component = renders["mesh-config-reader"]
+    role = one(component, "Role", "istio-spiffe-webhook-mesh-config-reader")
+    binding = one(component, "RoleBinding", "istio-spiffe-webhook-mesh-config-reader")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "istio-system"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+    ]
+    service_account = one(objects, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", **{k: service_account[k] for k in ("name", "namespace")}}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert role["metadata"]["labels"] == one(objects, "ClusterRole")["metadata"]["labels"]
+
+
+def commented_yaml(path: Path, first_line: str) -> Any:
+    """The YAML example in the comment of `path` that starts with `first_line`."""
+    lines = [line[1:] for line in path.read_text().splitlines() if line.startswith("#")]
+    start = lines.index(f"   {first_line}")
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("     "):
+            break
+        block.append(line)
+    return yaml.safe_load("\n".join(block))
+
+
+def test_the_mesh_config_reader_component_works_as_its_comment_says(tmp_path: Path) -> None:
+    """Added to an install from a kustomization of one's own, and moved to another
+    namespace by the patch its comment gives."""
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    comment = MESH_CONFIG_READER / "kustomization.yaml"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    usage = {
+        **commented_yaml(comment, "resources:"),
+        **commented_yaml(comment, "components:"),
+        **commented_yaml(comment, "patches:"),
+    }
+    assert usage["components"] == ["../manifests/components/istio-mesh-config-reader"]
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(usage))
+    rendered = kustomize(mine)
+    install = kustomize(MANIFESTS / "overlays" / "cert-manager")
+    assert [o for o in rendered if "mesh-config-reader" not in o["metadata"]["name"]] == install
+    moved = [o for o in rendered if "mesh-config-reader" in o["metadata"]["name"]]
+    assert sorted(o["kind"] for o in moved) == ["Role", "RoleBinding"]
+    assert {o["metadata"]["namespace"] for o in moved} == {"my-istio-namespace"}
 
 
 def granted_verbs(objs: Objects) -> dict[str, set[str]]:
@@ -579,10 +636,13 @@ def granted_verbs(objs: Objects) -> dict[str, set[str]]:
     return verbs
 
 
-def test_rbac_allows_every_api_call_of_audit_and_doctor(objects: Objects) -> None:
+def test_rbac_allows_every_api_call_of_audit_and_doctor(
+    objects: Objects, renders: dict[str, Objects]
+) -> None:
     """Each `read_*` / `list_*` method of the kubernetes client's API objects that
     webhook/cluster/ uses (e.g. `core.list_namespaced_config_map`) needs get / list on its
-    resource (`configmaps`). Only calls on the API objects count: an exec session's
+    resource (`configmaps`): granted by the install, except Istio's ConfigMaps, granted by
+    the optional component. Only calls on the API objects count: an exec session's
     `read_stdout` is no API call."""
     calls = set()
     for source in sorted((ROOT / "webhook" / "cluster").glob("*.py")):
@@ -594,21 +654,19 @@ def test_rbac_allows_every_api_call_of_audit_and_doctor(objects: Objects) -> Non
             )
         )
     assert ("list", "pod") in calls  # the scan finds the calls at all
-    granted = granted_verbs(objects)
+    assert ("list", "config_map") in calls
+    installed, optional = granted_verbs(objects), granted_verbs(renders["mesh-config-reader"])
     for method, kind in sorted(calls):
         word = kind.replace("_", "")
         resource = word[:-1] + "ies" if word.endswith("y") else word + "s"
         verb = {"read": "get", "list": "list"}[method]
+        granted = optional if resource == "configmaps" else installed
         assert verb in granted.get(resource, set()), f"{method}_{kind}: no {verb} on {resource}"
+    assert "configmaps" not in installed
 
 
 def test_settings_defaults_agree_with_the_manifests(objects: Objects, settings: Settings) -> None:
     assert one(objects, "Namespace")["metadata"]["name"] == settings.namespace
-    for obj in objects:
-        if obj["kind"] in CLUSTER_SCOPED:
-            assert "namespace" not in obj["metadata"], obj["metadata"]["name"]
-        elif obj["metadata"]["name"] != "istio-spiffe-webhook-mesh-config-reader":
-            assert obj["metadata"]["namespace"] == settings.namespace, obj["metadata"]["name"]
     assert one(objects, "Service")["metadata"]["name"] == settings.service_name
     configuration = one(objects, "MutatingWebhookConfiguration")
     assert configuration["metadata"]["name"] == settings.webhook_configuration
@@ -622,6 +680,18 @@ def test_settings_defaults_agree_with_the_manifests(objects: Objects, settings: 
 
 
 # --- the installs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("install", ["base", "cert-manager", "self-signed", "certs", "policy"])
+def test_an_install_puts_nothing_outside_the_webhooks_namespace_but_cluster_objects(
+    renders: dict[str, Objects], install: str, settings: Settings
+) -> None:
+    """`kubectl apply -k` fails as a whole when one object's namespace does not exist."""
+    for obj in renders[install]:
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], obj["metadata"]["name"]
+        else:
+            assert obj["metadata"]["namespace"] == settings.namespace, obj["metadata"]["name"]
 
 
 def without(objs: Objects, *kinds: str) -> Objects:

@@ -1,17 +1,20 @@
 """Settings: the rewrite contract's names and values, and how the server runs.
 
 Every field can be set by an environment variable `ISTIO_SPIFFE_WEBHOOK_<FIELD>` (upper
-case) or by a YAML file named by `ISTIO_SPIFFE_WEBHOOK_CONFIG` (or `--config`). Environment
-variables win over the file; the defaults are the contract in DEVELOPERS.md.
+case) or, through `load_settings`, by a YAML file named by `ISTIO_SPIFFE_WEBHOOK_CONFIG` (or
+`--config`). Precedence: explicit overrides, then environment variables, then the file, then
+the defaults, which are the contract in DEVELOPERS.md.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +24,12 @@ from pydantic_settings import (
 
 ENV_PREFIX = "ISTIO_SPIFFE_WEBHOOK_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG"
+
+# The YAML file of the `load_settings` call being made. pydantic-settings builds its sources
+# in a classmethod with no per-call argument (pydantic/pydantic-settings#259), so the path
+# reaches it through this variable: set and reset by load_settings, local to the thread and
+# task that make the call, unlike os.environ, which every thread shares.
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
 
 
 class ConfigError(Exception):
@@ -94,6 +103,14 @@ class Settings(BaseSettings):
     namespace: str = "istio-spiffe-webhook"
     webhook_configuration: str = "istio-spiffe-webhook"
 
+    @field_validator("ca_addr")
+    @classmethod
+    def _derive_ca_addr(cls, value: str, info: ValidationInfo) -> str:
+        mount_path = info.data.get("socket_mount_path")  # absent when it was invalid
+        if value or mount_path is None:
+            return value
+        return socket_address(mount_path)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
@@ -109,12 +126,23 @@ class Settings(BaseSettings):
             raise ValueError("inject_enabled_value and inject_disabled_value must differ")
         if self.shutdown_delay_seconds >= self.shutdown_grace_seconds:
             raise ValueError("shutdown_delay_seconds must be less than shutdown_grace_seconds")
-        if not self.ca_addr:
-            # Frozen model: set the derived default once, at validation time.
-            object.__setattr__(
-                self, "ca_addr", f"unix://{self.socket_mount_path.rstrip('/')}/socket"
-            )
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update`, validated like any new Settings so derived values follow.
+
+        pydantic's own model_copy(update=...) skips validation: it would accept a bad value
+        and keep a ca_addr derived from the old socket_mount_path. A ca_addr that is the
+        socket under socket_mount_path (derived or given, the value is the same) stays so.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        values = dict(self)
+        if values["ca_addr"] == socket_address(self.socket_mount_path):
+            values["ca_addr"] = ""
+        values.update(update)
+        # Every field is given, so the environment (read again) cannot change any of them.
+        return type(self)(**values)
 
     @classmethod
     def settings_customise_sources(
@@ -125,34 +153,37 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
-        if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
-        return tuple(sources)
+        config_file = _config_file.get()
+        if config_file is None:
+            return init_settings, env_settings
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=config_file),
+        )
+
+
+def socket_address(mount_path: str) -> str:
+    """The Workload API socket's address under the socket volume's mount path."""
+    return f"unix://{mount_path.rstrip('/')}/socket"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, the YAML file (argument or env var) and overrides.
+    """Settings from overrides, the environment, the YAML file (argument, else the
+    ISTIO_SPIFFE_WEBHOOK_CONFIG variable) and the defaults, in that order of precedence.
 
     Raises ConfigError with one readable line per problem, never a traceback.
     """
-    path = str(config_file) if config_file else os.environ.get(CONFIG_FILE_ENV)
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
     if path:
         _check_config_file(Path(path))
-    previous = os.environ.get(CONFIG_FILE_ENV)
+    token = _config_file.set(Path(path) if path else None)
     try:
-        if path:
-            os.environ[CONFIG_FILE_ENV] = path
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
     finally:
-        if config_file:
-            if previous is None:
-                os.environ.pop(CONFIG_FILE_ENV, None)
-            else:
-                os.environ[CONFIG_FILE_ENV] = previous
+        _config_file.reset(token)
 
 
 def _check_config_file(path: Path) -> None:

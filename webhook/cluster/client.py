@@ -32,6 +32,10 @@ class ClusterError(Exception):
     """The cluster cannot be reached, or the API refused us; the message is one line."""
 
 
+class AccessDenied(ClusterError):
+    """403: the credentials are good but not allowed this read (a check may do without it)."""
+
+
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A `kubernetes.client.ApiClient` for the configured cluster, or ClusterError."""
     import urllib3
@@ -105,7 +109,8 @@ class Cluster:
         except ApiException as error:
             if error.status == 404 and missing_ok:
                 return None
-            raise ClusterError(self._describe(error, what)) from None
+            denied = error.status == 403
+            raise (AccessDenied if denied else ClusterError)(self._describe(error, what)) from None
         except urllib3.exceptions.HTTPError as error:
             raise ClusterError(
                 f"cannot reach the Kubernetes API at {self.host}: {_reason(error)}"

@@ -13,7 +13,7 @@ import datetime
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from webhook.cluster.client import Cluster, Json
+from webhook.cluster.client import AccessDenied, Cluster, Json
 from webhook.config import Settings
 from webhook.policy import POLICY_NAME
 
@@ -226,13 +226,26 @@ class Doctor:
         import yaml
 
         c, where = self.cluster, self.istio_namespace
-        configmaps = [
-            cm
-            for cm in c.items(
-                f"ConfigMaps in namespace {where}", c.core.list_namespaced_config_map, where
+        try:
+            configmaps = [
+                cm
+                for cm in c.items(
+                    f"ConfigMaps in namespace {where}", c.core.list_namespaced_config_map, where
+                )
+                if _is_mesh_config(cm)
+            ]
+        except AccessDenied as denied:
+            # The base install grants no access outside the webhook's namespace.
+            self.add(
+                "trust-domain",
+                FAIL,
+                f"not checked: {denied}",
+                f"allow get and list on configmaps in namespace {where}: for the"
+                " istio-spiffe-webhook ServiceAccount, add the kustomize component"
+                " manifests/components/istio-mesh-config-reader (its comment says how to"
+                " change the namespace); or run doctor without --trust-domain",
             )
-            if _is_mesh_config(cm)
-        ]
+            return
         if not configmaps:
             self.add(
                 "trust-domain",
