@@ -1,0 +1,119 @@
+"""A/B of the webhook's source trees: is a speed trick worth keeping?
+
+    .venv/bin/python bench/ab.py with=. without=/tmp/tree-without-it [--rounds 8]
+
+Each NAME=DIR serves `/mutate` from the `webhook` package in DIR (first on PYTHONPATH),
+with the same uvicorn, TLS, certificate and settings as `make bench`, all pinned to core 0
+while wrk runs on core 1. The trees take turns, round after round, so a disturbance of a
+shared machine hits every tree alike; per tree it reports the median and the least server
+CPU time per request over the rounds (hello--0 and merge-probers--0), and each tree's ratio
+to the first. Between two runs of `make bench` on a shared VM the no-op baseline alone moved
+by 30 %, so only this interleaved, same-run comparison can resolve a few per cent.
+Loopback only; bounded (rounds x trees x fixtures x seconds, plus start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import FIXTURE_NAMES, review_body
+from bench.run import (
+    FULL,
+    HOST,
+    BenchError,
+    Runner,
+    Server,
+    ensure_wrk,
+    pinning,
+    product_argv,
+    server_env,
+    start_on_a_free_port,
+    time_limit,
+)
+from webhook.certs import write_certificates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="+", help="NAME=DIR, the first is the reference")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    trees = [tuple(t.split("=", 1)) for t in args.trees]
+    if any(len(t) != 2 or not Path(t[1], "webhook").is_dir() for t in trees):
+        parser.error("each tree is NAME=DIR, DIR holding the webhook package")
+    budget = 60 + len(trees) * len(FIXTURE_NAMES) * (args.rounds + 1) * (args.seconds + 2)
+    try:
+        with time_limit(budget):
+            results = compare(trees, args.rounds, args.seconds)  # type: ignore[arg-type]
+    except BenchError as error:
+        print(f"ab: {error}", file=sys.stderr)
+        return 1
+    reference = results[trees[0][0]]
+    print(f"{'tree':12} {'fixture':18} {'median µs':>10} {'least µs':>9} {'ratio':>6}")
+    for name, _ in trees:
+        for fixture in FIXTURE_NAMES:
+            cpu = results[name][fixture]
+            ratio = statistics.median(reference[fixture]) / statistics.median(cpu)
+            print(
+                f"{name:12} {fixture:18} {statistics.median(cpu):10.1f} {min(cpu):9.1f}"
+                f" {ratio:6.3f}"
+            )
+    print("ratio: the first tree's median CPU per request over this tree's (>1: faster)")
+    return 0
+
+
+def compare(trees: list[tuple[str, str]], rounds: int, seconds: float) -> dict[str, Any]:
+    server_prefix, load_prefix, _ = pinning()
+    wrk, note = ensure_wrk(install=False)
+    if wrk is None:
+        raise BenchError(f"wrk is needed: {note}")
+    with tempfile.TemporaryDirectory(prefix="isw-ab-") as tmp:
+        work = Path(tmp)
+        files = write_certificates(
+            work / "certs",
+            service="istio-spiffe-webhook",
+            namespace="istio-spiffe-webhook",
+            extra_sans=[HOST, "localhost"],
+        )
+        bodies = {}
+        for name in FIXTURE_NAMES:
+            bodies[name] = work / f"{name}.review.json"
+            bodies[name].write_bytes(review_body(name))
+        servers: dict[str, Server] = {}
+        try:
+            for name, directory in trees:
+                env = server_env(metrics_port="0", shutdown_delay_seconds="0", log_level="info")
+                env["PYTHONPATH"] = str(Path(directory).resolve())
+                servers[name] = start_on_a_free_port(
+                    name, server_prefix, product_argv, files, work, env
+                )
+            runner = Runner(wrk, load_prefix, FULL, bodies, files.ca_cert, lambda _: None)
+            for server in servers.values():  # warm-up
+                for fixture in FIXTURE_NAMES:
+                    runner.closed_loop(server, "/mutate", fixture, seconds)
+            cpu: dict[str, Any] = {name: {f: [] for f in FIXTURE_NAMES} for name in servers}
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    for fixture in FIXTURE_NAMES:
+                        figures = runner.closed_loop(server, "/mutate", fixture, seconds)
+                        cpu[name][fixture].append(float(figures["cpu_us_per_request"]))
+            if runner.errors:
+                raise BenchError("; ".join(runner.errors))
+            return cpu
+        finally:
+            for server in servers.values():
+                server.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
