@@ -24,10 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import FIXTURE_NAMES, review_body
+from bench.common import FIXTURE_NAMES
 from bench.run import (
     FULL,
-    HOST,
     BenchError,
     Runner,
     Server,
@@ -35,10 +34,10 @@ from bench.run import (
     pinning,
     product_argv,
     server_env,
+    serving_files,
     start_on_a_free_port,
     time_limit,
 )
-from webhook.certs import write_certificates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,16 +77,7 @@ def compare(trees: list[tuple[str, str]], rounds: int, seconds: float) -> dict[s
         raise BenchError(f"wrk is needed: {note}")
     with tempfile.TemporaryDirectory(prefix="isw-ab-") as tmp:
         work = Path(tmp)
-        files = write_certificates(
-            work / "certs",
-            service="istio-spiffe-webhook",
-            namespace="istio-spiffe-webhook",
-            extra_sans=[HOST, "localhost"],
-        )
-        bodies = {}
-        for name in FIXTURE_NAMES:
-            bodies[name] = work / f"{name}.review.json"
-            bodies[name].write_bytes(review_body(name))
+        files, bodies = serving_files(work)
         servers: dict[str, Server] = {}
         try:
             for name, directory in trees:

@@ -216,6 +216,21 @@ def start_on_a_free_port(
     raise AssertionError("unreachable")
 
 
+def serving_files(work: Path) -> tuple[CertificateFiles, dict[str, Path]]:
+    """A serving certificate (for 127.0.0.1 and localhost) and each fixture's review body."""
+    files = write_certificates(
+        work / "certs",
+        service="istio-spiffe-webhook",
+        namespace="istio-spiffe-webhook",
+        extra_sans=[HOST, "localhost"],
+    )
+    bodies = {}
+    for name in FIXTURE_NAMES:
+        bodies[name] = work / f"{name}.review.json"
+        bodies[name].write_bytes(review_body(name))
+    return files, bodies
+
+
 def log_tail(path: Path) -> str:
     text = path.read_text(errors="replace").strip().splitlines()
     return " | ".join(text[-5:]) or "(no output)"
@@ -424,16 +439,7 @@ def run(plan: Plan, install: bool = True, log: Callable[[str], None] = print) ->
 
     with tempfile.TemporaryDirectory(prefix="isw-bench-") as tmp:
         work = Path(tmp)
-        files = write_certificates(
-            work / "certs",
-            service="istio-spiffe-webhook",
-            namespace="istio-spiffe-webhook",
-            extra_sans=[HOST, "localhost"],
-        )
-        bodies = {}
-        for name in FIXTURE_NAMES:
-            bodies[name] = work / f"{name}.review.json"
-            bodies[name].write_bytes(review_body(name))
+        files, bodies = serving_files(work)
         env = server_env(metrics_port="0", shutdown_delay_seconds="0", log_level="info")
         servers: list[Server] = []
         try:

@@ -92,3 +92,45 @@ def spire_variants(
         metadata["labels"] = {**labels, settings.identity_label: settings.identity_label_value}
         variants[f"spire-{order}"] = out
     return variants
+
+
+# Every setting the rewrite contract reads, in one place for the tests of each form.
+CONTRACT_FIELDS = (
+    "proxy_container",
+    "certs_volume",
+    "socket_volume",
+    "socket_mount_path",
+    "csi_driver",
+    "cert_provider_env",
+    "cert_provider",
+    "ca_addr_env",
+    "ca_addr",
+    "identity_label",
+    "identity_label_value",
+    "inject_label",
+    "inject_disabled_value",
+)
+# The names a pod carries that change with the settings (to rename a fixture).
+RENAMED_FIELDS = (
+    "proxy_container",
+    "certs_volume",
+    "socket_volume",
+    "cert_provider_env",
+    "ca_addr_env",
+    "socket_mount_path",
+    "inject_label",
+)
+
+
+def renames(default: Settings, custom: Settings) -> dict[str, str]:
+    """Each name of `default` that a pod carries, mapped to `custom`'s."""
+    return {getattr(default, name): getattr(custom, name) for name in RENAMED_FIELDS}
+
+
+def renamed(value: Any, names: dict[str, str]) -> Any:
+    """`value` with every string equal to a default contract value replaced."""
+    if isinstance(value, dict):
+        return {names.get(k, k): renamed(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [renamed(v, names) for v in value]
+    return names.get(value, value) if isinstance(value, str) else value

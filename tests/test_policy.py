@@ -40,7 +40,15 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 
 from tests.oracle import all_fixture_pods, assert_rewritten, expected, in_scope, proxies
-from tests.shapes import ORDERS, SPIRE_MOUNT_PATH, add_spire_mount, spire_variants
+from tests.shapes import (
+    CONTRACT_FIELDS,
+    ORDERS,
+    SPIRE_MOUNT_PATH,
+    add_spire_mount,
+    renamed,
+    renames,
+    spire_variants,
+)
 from webhook.cli import main
 from webhook.config import Settings, load_settings
 from webhook.policy import POLICY_NAME, cel_string, render_policy, to_yaml
@@ -198,22 +206,6 @@ def test_policy_matches_like_the_webhook_and_is_reinvoked_after_istio() -> None:
 
 
 # --- One source of truth ----------------------------------------------------------------
-
-CONTRACT_FIELDS = (
-    "proxy_container",
-    "certs_volume",
-    "socket_volume",
-    "socket_mount_path",
-    "csi_driver",
-    "cert_provider_env",
-    "cert_provider",
-    "ca_addr_env",
-    "ca_addr",
-    "identity_label",
-    "identity_label_value",
-    "inject_label",
-    "inject_disabled_value",
-)
 
 
 def cel_text(settings: Settings) -> str:
@@ -546,27 +538,7 @@ def test_pod_without_labels_gets_the_labels_map(default_policy: PolicyEvaluator)
     assert default_policy.apply(pod) == expected(pod, DEFAULT)
 
 
-def renamed(value: Any, names: dict[str, str]) -> Any:
-    """`value` with every string equal to a default contract value replaced."""
-    if isinstance(value, dict):
-        return {names.get(k, k): renamed(v, names) for k, v in value.items()}
-    if isinstance(value, list):
-        return [renamed(v, names) for v in value]
-    return names.get(value, value) if isinstance(value, str) else value
-
-
-CUSTOM_NAMES = {
-    getattr(DEFAULT, name): getattr(CUSTOM, name)
-    for name in (
-        "proxy_container",
-        "certs_volume",
-        "socket_volume",
-        "cert_provider_env",
-        "ca_addr_env",
-        "socket_mount_path",
-        "inject_label",
-    )
-}
+CUSTOM_NAMES = renames(DEFAULT, CUSTOM)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))

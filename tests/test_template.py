@@ -36,6 +36,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.gotemplate import FUNCTIONS, render, template_data
+from tests.shapes import CONTRACT_FIELDS
 from webhook.cli import main
 from webhook.config import Settings, load_settings
 from webhook.template import (
@@ -235,21 +236,6 @@ def test_pod_without_containers_of_its_own_gets_the_proxy_entry_and_no_null_list
 
 # --- One source of truth, quoted ------------------------------------------------------------
 
-CONTRACT_FIELDS = (
-    "proxy_container",
-    "certs_volume",
-    "socket_volume",
-    "socket_mount_path",
-    "csi_driver",
-    "cert_provider_env",
-    "cert_provider",
-    "ca_addr_env",
-    "ca_addr",
-    "identity_label",
-    "identity_label_value",
-    "inject_label",
-    "inject_disabled_value",
-)
 # Double-quoted YAML scalars and Go string literals (the same escapes for our strings).
 QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 

@@ -148,9 +148,8 @@ def wait_for_default_service_account(namespace: str) -> None:
     assert done.returncode == 0 or "AlreadyExists" in done.stderr, done.stderr
 
 
-@pytest.fixture
-def make_namespace() -> Iterator[Callable[[dict[str, str]], str]]:
-    """Creates uniquely named namespaces with the given labels; deletes them afterwards."""
+def namespace_factory() -> tuple[Callable[[dict[str, str]], str], Callable[[], None]]:
+    """`make(labels)` creates a uniquely named namespace; `cleanup()` deletes them all."""
     made: list[str] = []
 
     def make(labels: dict[str, str]) -> str:
@@ -162,9 +161,27 @@ def make_namespace() -> Iterator[Callable[[dict[str, str]], str]]:
         wait_for_default_service_account(name)
         return name
 
+    def cleanup() -> None:
+        for name in made:
+            kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
+
+    return make, cleanup
+
+
+@pytest.fixture
+def make_namespace() -> Iterator[Callable[[dict[str, str]], str]]:
+    """Namespaces for one test, deleted after it."""
+    make, cleanup = namespace_factory()
     yield make
-    for name in made:
-        kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
+    cleanup()
+
+
+@pytest.fixture(scope="module")
+def make_namespace_module() -> Iterator[Callable[[dict[str, str]], str]]:
+    """Namespaces shared by a module's tests, deleted after the module."""
+    make, cleanup = namespace_factory()
+    yield make
+    cleanup()
 
 
 def create_pod(

@@ -63,6 +63,7 @@ if os.environ.get("E2E") != "1":
 
 from tests.e2e.shapes import e2e_pods, refused_fields
 from tests.gotemplate import render, template_data
+from tests.shapes import renamed, renames
 from webhook.config import Settings, load_settings
 from webhook.rewrite import Contract, rewrite
 from webhook.template import GATEWAY_SUFFIX, TEMPLATE_NAME, render_template
@@ -114,27 +115,7 @@ def proxy_in(pod: dict[str, Any], settings: Settings, key: str) -> bool:
     return any(c.get("name") == settings.proxy_container for c in pod["spec"].get(key) or [])
 
 
-def renamed(value: Any, names: dict[str, str]) -> Any:
-    """`value` with every string equal to a default contract value replaced."""
-    if isinstance(value, dict):
-        return {names.get(k, k): renamed(v, names) for k, v in value.items()}
-    if isinstance(value, list):
-        return [renamed(v, names) for v in value]
-    return names.get(value, value) if isinstance(value, str) else value
-
-
-RENAMES = {
-    getattr(DEFAULT, name): getattr(CUSTOM, name)
-    for name in (
-        "proxy_container",
-        "certs_volume",
-        "socket_volume",
-        "cert_provider_env",
-        "ca_addr_env",
-        "socket_mount_path",
-        "inject_label",
-    )
-}
+RENAMES = renames(DEFAULT, CUSTOM)
 
 
 def cases() -> list[Case]:

@@ -97,31 +97,6 @@ def namespaces(installed: Any, tools: Any, make_namespace_module: Any) -> Namesp
     return state
 
 
-@pytest.fixture(scope="module")
-def make_namespace_module(request: pytest.FixtureRequest) -> Any:
-    from tests.e2e.conftest import kubectl, wait_for_default_service_account
-
-    made: list[str] = []
-
-    def make(labels: dict[str, str]) -> str:
-        import secrets
-
-        name = f"isw-e2e-{secrets.token_hex(4)}"
-        kubectl("create", "namespace", name)
-        made.append(name)
-        if labels:
-            kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in labels.items()))
-        wait_for_default_service_account(name)
-        return name
-
-    def cleanup() -> None:
-        for name in made:
-            kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
-
-    request.addfinalizer(cleanup)
-    return make
-
-
 def wait_until_rewriting(tools: Any, namespace: str) -> None:
     """The webhook configuration settles within seconds (bounded wait)."""
     probe: dict[str, Any] | str = ""
