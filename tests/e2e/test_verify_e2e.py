@@ -19,8 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +32,13 @@ if os.environ.get("E2E") != "1" or not os.environ.get("KUBECONFIG"):
 
 import yaml
 
+from tests.e2e.conftest import cli, kubectl
 from tests.oracle import admission_reviews, expected
 from webhook.config import Settings
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = Path(sys.executable).with_name("istio-spiffe-webhook")
-TIMEOUT = 120
 
 NAMESPACE = "istio-spiffe-webhook"
 VERIFY = "istio-spiffe-webhook-verify"
@@ -52,26 +49,6 @@ COMPONENT_OBJECTS = [
     ("clusterrolebinding", VERIFY, None),
     ("clusterrole", VERIFY, None),
 ]
-
-
-def kubectl(
-    *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("kubectl")
-    assert binary, "kubectl is needed for the end-to-end tests"
-    done = subprocess.run(
-        [binary, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    if check:
-        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr.strip()}"
-    return done
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_SPIFFE_WEBHOOK_")}
-    return subprocess.run(
-        [str(CLI), *args], capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
-    )
 
 
 @pytest.fixture(scope="module")

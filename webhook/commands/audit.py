@@ -18,6 +18,7 @@ from webhook.commands.options import (
     config_option,
     context_option,
     kubeconfig_option,
+    pod_selection_options,
     settings_from,
 )
 from webhook.commands.output import output_option, render
@@ -26,17 +27,7 @@ TABLE_NAMES = 5  # pod names shown per line of the table (JSON and YAML list the
 
 
 @click.command("audit")
-@click.option("-n", "--namespace", default=None, help="Only this namespace.")
-@click.option(
-    "-A", "--all-namespaces", "all_namespaces", is_flag=True, help="Every namespace (default)."
-)
-@click.option("-l", "--selector", default=None, help="Only pods matching this label selector.")
-@click.option("--pod", "pod", default=None, help="Only the pod with this name.")
-@click.option(
-    "--only-opted-in",
-    is_flag=True,
-    help="Skip namespaces that are not labelled for the webhook.",
-)
+@pod_selection_options
 @click.option(
     "--include-istiod",
     is_flag=True,

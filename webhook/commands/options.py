@@ -4,11 +4,13 @@ errors with exit status 2."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from webhook.config import Settings
@@ -70,3 +72,31 @@ def cluster_errors() -> Iterator[None]:
         yield
     except ClusterError as error:
         raise ClusterFailure(str(error)) from None
+
+
+def pod_selection_options(command: Decorated) -> Decorated:
+    """`-n`, `-A`, `-l`, `--pod` and `--only-opted-in`: which running pods audit and verify
+    read (`webhook.cluster.pods.PodSelection`)."""
+    for option in reversed(
+        [
+            click.option("-n", "--namespace", default=None, help="Only this namespace."),
+            click.option(
+                "-A",
+                "--all-namespaces",
+                "all_namespaces",
+                is_flag=True,
+                help="Every namespace (default).",
+            ),
+            click.option(
+                "-l", "--selector", default=None, help="Only pods matching this label selector."
+            ),
+            click.option("--pod", "pod", default=None, help="Only the pod with this name."),
+            click.option(
+                "--only-opted-in",
+                is_flag=True,
+                help="Skip namespaces that are not labelled for the webhook.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command

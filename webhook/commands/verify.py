@@ -22,6 +22,7 @@ from webhook.commands.options import (
     config_option,
     context_option,
     kubeconfig_option,
+    pod_selection_options,
     settings_from,
 )
 from webhook.commands.output import output_option, render
@@ -60,15 +61,7 @@ class Duration(click.ParamType[datetime.timedelta, Any]):
 
 
 @click.command("verify")
-@click.option("-n", "--namespace", default=None, help="Only this namespace.")
-@click.option(
-    "-A", "--all-namespaces", "all_namespaces", is_flag=True, help="Every namespace (default)."
-)
-@click.option("-l", "--selector", default=None, help="Only pods matching this label selector.")
-@click.option("--pod", "pod", default=None, help="Only the pod with this name.")
-@click.option(
-    "--only-opted-in", is_flag=True, help="Skip namespaces that are not labelled for the webhook."
-)
+@pod_selection_options
 @click.option(
     "--trust-domain",
     default=None,
