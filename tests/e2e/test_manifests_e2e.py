@@ -119,10 +119,22 @@ def test_the_cert_manager_install_is_accepted_where_cert_manager_is(namespace: s
 
 @pytest.mark.parametrize("component", OPT_IN_COMPONENTS)
 def test_an_opt_in_component_is_applied_and_deleted(
-    namespace: str, tmp_path: Path, component: str, tally: Any
+    namespace: str, tmp_path: Path, component: str, tally: Any, request: pytest.FixtureRequest
 ) -> None:
     with tally.case("manifests", f"component {component}"):
         manifests = rendered(overlay(tmp_path, component))
+        docs = [d for d in yaml.safe_load_all(manifests) if d]
+        # A component may grant something in Istio's namespace: it exists where Istio does.
+        created = []
+        for other in sorted({d["metadata"].get("namespace") for d in docs} - {None, namespace}):
+            if kubectl("get", "namespace", other, check=False).returncode != 0:
+                kubectl("create", "namespace", other)
+                created.append(other)
+        request.addfinalizer(
+            lambda: [
+                kubectl("delete", "namespace", n, "--wait=false", check=False) for n in created
+            ]
+        )
         dry_run(manifests)
         # The namespace and ServiceAccount are the install's; everything else is removed.
         own = yaml.safe_dump_all(
