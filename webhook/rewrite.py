@@ -19,9 +19,11 @@ Whatever the input, the rewrite adds nothing the API server refuses: the socket'
 mounted once in istio-proxy, the socket volume exists once, the certificates volume and its
 mounts are gone, and each env variable it sets is set once.
 
-Why: Istio's agent serves file-mounted certificates whenever cert files exist under the
-`workload-certs` mount and never rotates them from the SPIFFE socket; without the volume
-it uses the Workload API socket and rotates. Names and values come from `Settings`,
+Why: pods with both of Istio's volumes were seen to stop rotating where this project
+started, and pods with only the CSI socket rotated; this is that second shape. Istio's agent
+(`pkg/istio-agent/agent.go`) uses the socket whenever it exists, and `PILOT_CERT_PROVIDER` /
+`CA_ADDR` are set because users' runbooks ask for them (README, "Why it exists"); only
+`verify` shows whether a pod's certificate rotates. Names and values come from `Settings`,
 compiled once into an immutable `Contract` (`Contract.from_settings`) that every call takes.
 
 `rewrite(pod, contract)` is pure: no I/O, no state, and the pod is only read, never copied

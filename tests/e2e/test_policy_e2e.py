@@ -1,17 +1,19 @@
 """The MutatingAdmissionPolicy form on a real API server (Kubernetes 1.36+, or 1.34-1.35
 with the MutatingAdmissionPolicy feature gate and the v1beta1 API).
 
-Run with `E2E=1 KUBECONFIG=/path/to/kubeconfig .venv/bin/pytest -m e2e tests/e2e/test_policy_e2e.py`
-against a test cluster (cluster-admin: it creates a cluster-wide policy and binding and two
-namespaces, and deletes them at the end). Nothing is created for real: every pod goes
-through `kubectl create --dry-run=server`.
+`make e2e` runs it on ../shared/kube-harness. By hand: `E2E=1 KUBECONFIG=... .venv/bin/pytest
+-m e2e tests/e2e/test_policy_e2e.py` against a test cluster (cluster-admin: it creates a
+cluster-wide policy and binding and two namespaces, and deletes them at the end). Pods go
+through `kubectl create --dry-run=server`, and each shared pod also through a real create
+after the harness's replay of Istio's injector (skipped without `E2E_REPLAY_FIXTURES`).
 
-What it proves: `istio-spiffe-webhook policy` applied with `kubectl apply`, every shared
-fixture pod (as Istio's injector leaves it) created in a namespace that opted in comes back
-exactly as the webhook's `rewrite()` leaves the same pod after the API server defaulted it
-(that pod is got from a namespace that did not opt in). The policy is rendered with a
-unique opt-in label, so an installed webhook or policy, or another test run, cannot touch
-these namespaces, and this policy touches no other namespace.
+What it proves: with `istio-spiffe-webhook policy` applied by `kubectl apply`, every shared
+fixture pod and its documented `spire` shapes, injected by the replayed injector or created
+already injected, comes back exactly as the webhook's `rewrite()` leaves the same pod after
+the API server defaulted it (that pod is got from a namespace that did not opt in); a pod
+the API server refuses without the policy is refused with it, for the same fields. The
+policy is rendered with a unique opt-in label, so an installed webhook or policy, or
+another test run, cannot touch these namespaces, and this policy touches no other namespace.
 """
 
 from __future__ import annotations
