@@ -113,7 +113,7 @@ class Cluster:
             raise (AccessDenied if denied else ClusterError)(self._describe(error, what)) from None
         except urllib3.exceptions.HTTPError as error:
             raise ClusterError(
-                f"cannot reach the Kubernetes API at {self.host}: {_reason(error)}"
+                f"cannot reach the Kubernetes API at {self.host}: {reason_of(error)}"
             ) from None
         try:
             body = json.loads(response.data)
@@ -164,7 +164,7 @@ class Cluster:
         return f"the Kubernetes API at {self.host} answered {error.status} to {what}: {message}"
 
 
-def _reason(error: Exception) -> str:
+def reason_of(error: Exception) -> str:
     """'connection refused' out of urllib3's nested MaxRetryError text."""
     reason = getattr(error, "reason", None) or error
     text = str(reason)

@@ -164,10 +164,10 @@ def _refused(error: Any, host: str) -> ExecFailed:
             what = "credentials rejected" if code == 401 else "access denied"
             return ExecFailed(f"{what}: {message} ({code})", denied=True)
         return ExecFailed(f"{message} ({code})")
-    from webhook.cluster.client import _reason
+    from webhook.cluster.client import reason_of
 
     return ExecFailed(
-        f"cannot reach the Kubernetes API at {host}: {_reason(cause or error)}",
+        f"cannot reach the Kubernetes API at {host}: {reason_of(cause or error)}",
         unreachable_api=True,
     )
 
