@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -154,6 +155,43 @@ def test_a_client_sending_the_body_one_byte_a_second_is_cut_off_and_blocks_no_on
     assert normal_done < slow.answered_at
 
 
+def _timeouts_counted(server: ServerHandle) -> float:
+    key = (
+        "istio_spiffe_webhook_admission_requests_total",
+        (("dry_run", "false"), ("outcome", "rejected"), ("reason", "timeout")),
+    )
+    return server.metrics().get(key, 0.0)
+
+
+def test_head_and_body_share_one_deadline_from_the_requests_first_byte(
+    server: ServerHandle,
+) -> None:
+    # Head two thirds of the deadline late, then half the body: the 408 comes one deadline
+    # after the first byte, not a fresh deadline after the head.
+    body = json.dumps(REVIEW).encode()
+    timeouts_before = _timeouts_counted(server)
+    with server.connect() as tls:
+        began = time.monotonic()
+        tls.sendall(b"POST /mutate HTTP/1.1\r\n")
+        time.sleep(TIMEOUT * 2 / 3)
+        tls.sendall(
+            b"Host: webhook\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[: len(body) // 2]
+        )
+        answer = read_until_closed(tls)
+        answered_after = time.monotonic() - began
+    status, headers, text = split(answer)
+    assert (status, headers["connection"]) == ("HTTP/1.1 408 Request Timeout", "close")
+    assert json.loads(text) == {"error": f"body not received within {TIMEOUT:g}s"}
+    # Bounds with room for a loaded machine, yet apart: a fresh deadline would end at 2.5 s.
+    assert TIMEOUT <= answered_after < TIMEOUT * 5 / 3 - 0.1
+    # /mutate counts it once the closed connection wakes it: poll, bounded.
+    deadline = time.monotonic() + 10
+    while _timeouts_counted(server) == timeouts_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _timeouts_counted(server) == timeouts_before + 1
+
+
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
     server: ServerHandle,
 ) -> None:
@@ -230,3 +268,32 @@ def test_a_chunked_body_under_the_limit_is_served(server: ServerHandle) -> None:
         response = client.post("/mutate", content=iter(chunks))
     assert response.status_code == 200
     assert response.json()["response"]["patchType"] == "JSONPatch"
+
+
+def test_a_body_left_unsent_after_an_early_413_is_cut_off_by_the_request_deadline(
+    tmp_path: Path,
+) -> None:
+    # /mutate answers 413 from Content-Length alone; a client that then sends nothing holds
+    # the connection only until the request deadline, even with a long keep-alive.
+    with (
+        running_server(
+            tmp_path,
+            max_body_bytes=BODY_LIMIT,
+            request_timeout_seconds=TIMEOUT,
+            keep_alive_seconds=60,
+        ) as long_keep_alive,
+        long_keep_alive.connect(timeout=TIMEOUT * 4) as tls,
+    ):
+        began = time.monotonic()
+        tls.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(BODY_LIMIT + 1).encode() + b"\r\n\r\n"
+        )
+        answer = read_until_closed(tls)
+        closed_after = time.monotonic() - began
+    status, _, text = split(answer)
+    assert (status, json.loads(text)) == (
+        "HTTP/1.1 413 Request Entity Too Large",
+        {"error": f"body exceeds {BODY_LIMIT} bytes"},
+    )  # one answer only: no 408 after it
+    assert TIMEOUT <= closed_after < TIMEOUT * 4

@@ -5,16 +5,15 @@
 traceback) and runs uvicorn on uvloop. Library internals are used only by
 webhook/uvicorn_adapter.py.
 
-Each limit is enforced in one place (`request_timeout_seconds` bounds three phases of a
-request, each in its own place):
+Each limit is enforced in one place (`request_timeout_seconds` bounds two phases of a
+connection, each in its own place):
 
 - TLS handshake deadline (`request_timeout_seconds`): the listener, through the event loop
   (`uvicorn_adapter.HandshakeDeadlineLoop`);
-- header deadline, 408 (`request_timeout_seconds`; an idle new connection is closed) and
-  header size, 431 (`max_header_bytes`): the HTTP protocol
-  (`uvicorn_adapter.LimitedHttpToolsProtocol`);
-- body deadline, 408 (`request_timeout_seconds`) and body size, 413 (`max_body_bytes`):
-  `/mutate` (`app.WebhookApp`);
+- request deadline: a request's head and body must arrive within `request_timeout_seconds`
+  of its first byte, else 408 (an idle new connection is closed), and header size, 431
+  (`max_header_bytes`): the HTTP protocol (`uvicorn_adapter.LimitedHttpToolsProtocol`);
+- body size, 413 (`max_body_bytes`): `/mutate` (`app.WebhookApp`), while reading;
 - idle keep-alive connections (`keep_alive_seconds`): uvicorn (`timeout_keep_alive`).
 
 Draining: on SIGTERM/SIGINT `/readyz` turns 503 at once; requests are still served for
@@ -68,7 +67,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, context: ssl.SSLContext) ->
         loop="none",  # we run the loop (uvloop) ourselves
         http=uvicorn_adapter.http_protocol(
             max_header_bytes=settings.max_header_bytes,
-            header_timeout=settings.request_timeout_seconds,
+            request_timeout=settings.request_timeout_seconds,
             wrap_transport=CoalescingTransport if COALESCE_WRITES else None,
         ),
         ws="none",  # no WebSocket upgrades: an admission webhook has no use for them

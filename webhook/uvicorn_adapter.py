@@ -13,19 +13,28 @@ Internals used, and why:
 
 1. `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`, subclassed by
    `LimitedHttpToolsProtocol`: with httptools (kept for its speed) uvicorn has no limit on
-   the size of the request headers (h11 has one) and no deadline for them. Overridden:
-   - `connection_made`: arms the header deadline; optionally wraps `self.transport`, the
-     transport uvicorn writes each response through (`wrap_transport`, for write
-     coalescing); uvicorn's flow control keeps the real one.
-   - `connection_lost`: cancels the header deadline.
+   the size of the request headers (h11 has one) and no deadline for a request to arrive.
+   One timer per request bounds the whole request, head and body: armed when it begins,
+   cancelled when its last body byte is in. Overridden:
+   - `connection_made`: arms the deadline (a connection that sends nothing is closed);
+     optionally wraps `self.transport`, the transport uvicorn writes each response through
+     (`wrap_transport`, for write coalescing); uvicorn's flow control keeps the real one.
+   - `connection_lost`: cancels the deadline.
    - `data_received`: counts the bytes of a header block still unfinished after parsing
-     (431 past the limit) and arms the deadline when a request begins.
-   - `on_headers_complete` (an httptools callback): measures the finished header block
-     from uvicorn's per-request `self.url` and `self.headers`, and over the limit raises
-     an exception, which stops httptools (its documented `HttpParserCallbackError`);
-     uvicorn answers any parser error with `send_400_response`.
+     (431 past the limit).
+   - `on_message_begin` (an httptools callback, a request's first byte): arms the deadline.
+   - `on_headers_complete`: measures the finished header block from uvicorn's
+     per-request `self.url` and `self.headers`, and over the limit raises an exception,
+     which stops httptools (its documented `HttpParserCallbackError`); uvicorn answers any
+     parser error with `send_400_response`.
    - `send_400_response`: answers 431 instead when the header limit stopped the parser.
-   - `on_message_complete`: the bytes after it begin the next request's headers.
+   - `on_message_complete`: cancels the deadline; the bytes after it begin the next
+     request's headers.
+   When the deadline passes during the body, the app is still reading it: the request's
+   `self.cycle` (uvicorn's `RequestResponseCycle`; its `scope` and `response_started`) gets
+   the `DEADLINE_EXPIRED` extension in its scope before the 408 is written and the
+   connection closed, so the app, woken by `http.disconnect`, counts a timeout rather than
+   a client that left.
 2. `uvicorn.Server.capture_signals`, made a no-op by `Server`: `Server.serve()` installs
    its own SIGINT/SIGTERM handlers with `signal.signal` (replacing the event loop's
    `add_signal_handler`), stops accepting at once and re-raises the signal after the
@@ -90,11 +99,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E40
 TransportWrapper = Callable[[asyncio.Transport, asyncio.AbstractEventLoop], asyncio.Transport]
 
 
+# The ASGI extension (an empty dict under this key of the scope's "extensions") that tells
+# the app the request deadline passed while it was still reading the body (1.).
+DEADLINE_EXPIRED = "istio-spiffe-webhook.request_deadline_expired"
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header size limit and a header deadline (1.)."""
+    """uvicorn's httptools protocol with a header size limit and a request deadline (1.)."""
 
     max_header_bytes = 16 * 1024
-    header_timeout = 10.0
+    request_timeout = 10.0
     wrap_transport: TransportWrapper | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -102,23 +116,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True  # until a request's header block is complete
         self._header_bytes = 0  # received since the current header block began
         self._headers_too_large = False
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self.wrap_transport is not None:
             self.transport = self.wrap_transport(transport, asyncio.get_running_loop())
-        self._arm_header_timer()
+        self._arm_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self._cancel_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._awaiting_headers:
             self._header_bytes += len(data)
-            if self._header_timer is None:
-                self._arm_header_timer()
         super().data_received(data)
         # Still no complete header block after parsing: every byte so far belongs to it.
         if (
@@ -129,10 +141,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._headers_too_large = True
             self.send_400_response("")
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_deadline()
+
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
-        self._cancel_header_timer()
         # The request line is the URL and at most 16 bytes more (method, version, spaces,
         # CRLF); each field its name, value, ": " and CRLF.
         size = len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -142,6 +157,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._cancel_deadline()
         super().on_message_complete()
         self._awaiting_headers = True
 
@@ -151,24 +167,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             super().send_400_response(msg)
 
-    def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
         loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(self.header_timeout, self._header_deadline)
+        self._deadline = loop.call_later(self.request_timeout, self._deadline_passed)
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    def _header_deadline(self) -> None:
-        self._header_timer = None
-        if not self._awaiting_headers or self.transport.is_closing():
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
             return
-        if self._header_bytes:
-            self._reject(408, f"request headers not received within {self.header_timeout:g}s")
-        else:
-            self.transport.close()  # connected, never sent a byte: nobody to answer
+        if self._awaiting_headers:
+            if self._header_bytes:
+                self._reject(408, f"request headers not received within {self.request_timeout:g}s")
+            else:
+                self.transport.close()  # connected, never sent a byte: nobody to answer
+            return
+        cycle = self.cycle
+        if cycle.response_started:
+            self.transport.close()  # the app answered without the body (413): nothing to add
+            return
+        cycle.scope.setdefault("extensions", {})[DEADLINE_EXPIRED] = {}
+        self._reject(408, f"body not received within {self.request_timeout:g}s")
 
     def _reject(self, status: int, reason: str) -> None:
         peer = self.transport.get_extra_info("peername")
@@ -190,7 +214,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def http_protocol(
-    *, max_header_bytes: int, header_timeout: float, wrap_transport: TransportWrapper | None
+    *, max_header_bytes: int, request_timeout: float, wrap_transport: TransportWrapper | None
 ) -> type[LimitedHttpToolsProtocol]:
     """The HTTP protocol class for `uvicorn.Config(http=...)`, with these limits."""
     return type(
@@ -198,7 +222,7 @@ def http_protocol(
         (LimitedHttpToolsProtocol,),
         {
             "max_header_bytes": max_header_bytes,
-            "header_timeout": header_timeout,
+            "request_timeout": request_timeout,
             "wrap_transport": staticmethod(wrap_transport) if wrap_transport else None,
         },
     )
