@@ -313,11 +313,25 @@ def _proxy_mounts(container: dict[str, Any], where: str, c: Contract, result: Re
         if not isinstance(mount, dict):
             continue
         name = mount.get("name")
-        path = f"{where}/volumeMounts/{index}"
         if name == certs:
             removed.append(index)
             reasons.append(c.proxy_mounts_certs)
             continue
+        if index != chosen:
+            if mount.get("mountPath") == mount_path:
+                # A second mount at the socket's path: the API server refuses duplicate paths.
+                removed.append(index)
+                reasons.append(c.path_twice)
+                if name != socket:
+                    result.warnings.append(
+                        f"removed the second mount at {mount_path} (volume {name})"
+                        f" from container {c.proxy_container}"
+                    )
+                continue
+            if name != socket:
+                continue
+        # The socket mount or another of the socket volume: only these need their path.
+        path = f"{where}/volumeMounts/{index}"
         if index == chosen:
             if name != socket:
                 ops.append({"op": "add", "path": f"{path}/name", "value": socket})
@@ -329,18 +343,6 @@ def _proxy_mounts(container: dict[str, Any], where: str, c: Contract, result: Re
             if mount.get("mountPath") != mount_path:
                 ops.append({"op": "add", "path": f"{path}/mountPath", "value": mount_path})
                 reasons.append(f"{c.proxy_container} mounts {socket} at {mount.get('mountPath')}")
-        elif mount.get("mountPath") == mount_path:
-            # A second mount at the socket's path: the API server refuses duplicate paths.
-            removed.append(index)
-            reasons.append(c.path_twice)
-            if name != socket:
-                result.warnings.append(
-                    f"removed the second mount at {mount_path} (volume {name})"
-                    f" from container {c.proxy_container}"
-                )
-            continue
-        elif name != socket:
-            continue
         if mount.get("readOnly") is not True:
             ops.append({"op": "add", "path": f"{path}/readOnly", "value": True})
             reasons.append(c.read_write)
