@@ -390,23 +390,19 @@ def _proxy_env(container: dict[str, Any], where: str, c: Contract, result: Resul
         )
         reasons.append(c.no_env)
         return
-    # The (usually two) entries that set our variables, found in one pass over the env.
-    hits = [
-        (index, var)
-        for index, var in enumerate(env)
-        if isinstance(var, dict) and ((name := var.get("name")) == first or name == second)
-    ]
     seen: set[str] = set()
     removed: list[int] = []
-    for index, var in hits:
-        name = var["name"]
+    for index, var in enumerate(env):
+        if not isinstance(var, dict) or ((name := var.get("name")) != first and name != second):
+            continue
         if name in seen:
             removed.append(index)
             reasons.append(c.env_twice[name])
             continue
         seen.add(name)
         value = c.cert_provider if name == first else c.ca_addr
-        if var != {"name": name, "value": value}:
+        # Compliant is exactly {"name": name, "value": value}, and `name` is known to be there.
+        if len(var) != 2 or var.get("value") != value:
             ops.append(
                 {
                     "op": "replace",
@@ -417,6 +413,8 @@ def _proxy_env(container: dict[str, Any], where: str, c: Contract, result: Resul
             reasons.append(c.env_wrong[name])
     for index in reversed(removed):
         ops.append({"op": "remove", "path": f"{where}/env/{index}"})
+    if len(seen) == 2:
+        return  # both are set (most pods)
     for name, value in ((first, c.cert_provider), (second, c.ca_addr)):
         if name not in seen:
             ops.append(
