@@ -41,7 +41,8 @@ from typing import Any
 from webhook.config import Settings
 
 Op = dict[str, Any]
-_LISTS = ("initContainers", "containers")
+# The container lists and their paths in errors, made once rather than on every walk.
+_LISTS = (("initContainers", "spec.initContainers"), ("containers", "spec.containers"))
 
 
 class InvalidPod(ValueError):
@@ -153,8 +154,8 @@ def has_proxy(pod: dict[str, Any], contract: Contract) -> bool:
     spec = _dict(pod, "spec", "spec")
     proxy = contract.proxy_container
     # A plain loop: any() over a generator took three times as long.
-    for name in _LISTS:
-        for container in _list(spec, name, f"spec.{name}"):
+    for name, path in _LISTS:
+        for container in _list(spec, name, path):
             if isinstance(container, dict) and container.get("name") == proxy:
                 return True
     return False
@@ -179,10 +180,10 @@ def rewrite(pod: dict[str, Any], contract: Contract) -> Result:
     spec = _dict(pod, "spec", "spec")
     _volumes(spec, contract, result)
     proxy = contract.proxy_container
-    for list_name in _LISTS:
-        for index, container in enumerate(_list(spec, list_name, f"spec.{list_name}")):
+    for list_name, list_path in _LISTS:
+        for index, container in enumerate(_list(spec, list_name, list_path)):
             if not isinstance(container, dict):
-                raise InvalidPod(f"spec.{list_name}[{index}]: must be a JSON object")
+                raise InvalidPod(f"{list_path}[{index}]: must be a JSON object")
             where = f"/spec/{list_name}/{index}"
             if container.get("name") == proxy:
                 _proxy_mounts(container, where, contract, result)
