@@ -184,12 +184,12 @@ def rewrite(pod: dict[str, Any], contract: Contract) -> Result:
         for index, container in enumerate(_list(spec, list_name, list_path)):
             if not isinstance(container, dict):
                 raise InvalidPod(f"{list_path}[{index}]: must be a JSON object")
-            where = f"/spec/{list_name}/{index}"
             if container.get("name") == proxy:
+                where = f"/spec/{list_name}/{index}"
                 _proxy_mounts(container, where, contract, result)
                 _proxy_env(container, where, contract, result)
-            else:
-                _other_mounts(container, where, contract, result)
+            elif container.get("volumeMounts") is not None:  # else none to remove (istio-init)
+                _other_mounts(container, f"/spec/{list_name}/{index}", contract, result)
     _label(pod, contract, result)
     return result
 
