@@ -131,7 +131,7 @@ def run(quick: bool = False, settings: Settings | None = None) -> dict[str, dict
     """{fixture: {"rewrite_us", "handle_us", "asgi_us", "body_bytes", "ops"}} for each fixture."""
     settings = settings or Settings()
     contract = Contract.from_settings(settings)
-    number, repeat = (300, 3) if quick else (5000, 7)
+    number, repeat = (300, 3) if quick else (1000, 35)
     results: dict[str, dict[str, float]] = {}
     for name in FIXTURE_NAMES:
         pod = load_pod(name)
