@@ -4,12 +4,13 @@
 
 Each NAME=DIR serves `/mutate` from the `webhook` package in DIR (first on PYTHONPATH),
 with the same uvicorn, TLS, certificate and settings as `make bench`, all pinned to core 0
-while wrk runs on core 1. The trees take turns, round after round, so a disturbance of a
-shared machine hits every tree alike; per tree it reports the median and the least server
-CPU time per request over the rounds (hello--0 and merge-probers--0), and each tree's ratio
-to the first. Between two runs of `make bench` on a shared VM the no-op baseline alone moved
-by 30 %, so only this interleaved, same-run comparison can resolve a few per cent.
-Loopback only; bounded (rounds x trees x fixtures x seconds, plus start-up).
+while wrk runs on core 1. Each tree after the first runs side by side with the first (two
+wrk at once, both servers on the one server core), round after round, so both meet the
+same state of this shared machine, whose speed moves by up to 70 % in spells of seconds;
+per tree and fixture (hello--0, merge-probers--0) it reports its server CPU time per
+request (median and least over the rounds) and the median over the rounds of the first
+tree's CPU per request over this tree's. Loopback only; bounded (rounds x trees x
+fixtures x seconds, plus start-up).
 """
 
 from __future__ import annotations
@@ -56,17 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"ab: {error}", file=sys.stderr)
         return 1
-    reference = results[trees[0][0]]
-    print(f"{'tree':12} {'fixture':18} {'median µs':>10} {'least µs':>9} {'ratio':>6}")
-    for name, _ in trees:
+    print(f"{'tree':12} {'fixture':18} {'median µs':>10} {'least µs':>9} {'ratio':>6}  rounds")
+    for name, _ in trees[1:]:
         for fixture in FIXTURE_NAMES:
-            cpu = results[name][fixture]
-            ratio = statistics.median(reference[fixture]) / statistics.median(cpu)
+            cpu, ratios = results[name][fixture]["cpu"], results[name][fixture]["ratios"]
+            each = " ".join(f"{r:.2f}" for r in ratios)
             print(
                 f"{name:12} {fixture:18} {statistics.median(cpu):10.1f} {min(cpu):9.1f}"
-                f" {ratio:6.3f}"
+                f" {statistics.median(ratios):6.3f}  {each}"
             )
-    print("ratio: the first tree's median CPU per request over this tree's (>1: faster)")
+    print(
+        f"ratio: {trees[0][0]}'s CPU per request over this tree's, in rounds where the two"
+        " ran at once on the server core; the median of the rounds (>1: this tree is faster)"
+    )
     return 0
 
 
@@ -90,15 +93,27 @@ def compare(trees: list[tuple[str, str]], rounds: int, seconds: float) -> dict[s
             for server in servers.values():  # warm-up
                 for fixture in FIXTURE_NAMES:
                     runner.closed_loop(server, "/mutate", fixture, seconds)
-            cpu: dict[str, Any] = {name: {f: [] for f in FIXTURE_NAMES} for name in servers}
+            reference, *others = servers.values()
+            results: dict[str, Any] = {
+                server.name: {f: {"cpu": [], "ratios": []} for f in FIXTURE_NAMES}
+                for server in others
+            }
             for _ in range(rounds):
-                for name, server in servers.items():
+                for server in others:
                     for fixture in FIXTURE_NAMES:
-                        figures = runner.closed_loop(server, "/mutate", fixture, seconds)
-                        cpu[name][fixture].append(float(figures["cpu_us_per_request"]))
+                        # Side by side with the reference: one state of the machine for both.
+                        ref, this = runner.closed_loops(
+                            [(reference, "/mutate", fixture), (server, "/mutate", fixture)],
+                            seconds,
+                        )
+                        figures = results[server.name][fixture]
+                        figures["cpu"].append(float(this["cpu_us_per_request"]))
+                        figures["ratios"].append(
+                            float(ref["cpu_us_per_request"]) / float(this["cpu_us_per_request"])
+                        )
             if runner.errors:
                 raise BenchError("; ".join(runner.errors))
-            return cpu
+            return results
         finally:
             for server in servers.values():
                 server.stop()

@@ -6,23 +6,26 @@
   parse, envelope validation, decision, rewrite, patch encoding.
 - `asgi`: the same through the product's ASGI app (`WebhookApp`, the lean `/mutate` route)
   with a fake `receive`/`send`, metrics recorded and the JSON log line written to
-  /dev/null: everything the server runs per request except the HTTP parser and TLS.
+  /dev/null with logging set up by the server's own `configure_logging`: everything the
+  server runs per request except the HTTP parser and TLS.
 
 Each figure is the best of several repeats of many calls, in CPU time of this process per
 call (microseconds): CPU time leaves out the time other processes had the core, and the
-best repeat is the least disturbed one, as `timeit` recommends. The garbage collector is
+best repeat is the least disturbed one, as `timeit` recommends; the repeats of all figures
+take turns. The garbage collector is
 off while `rewrite` and `handle` are timed (timeit's default) and on for `asgi`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import math
 import os
 import sys
 import time
-import timeit
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -36,30 +39,21 @@ import orjson
 from bench.common import FIXTURE_NAMES, load_pod, review_body
 from webhook.app import WebhookApp
 from webhook.config import Settings
-from webhook.observability import LOGGER_NAME, JsonFormatter, Metrics, Observer
+from webhook.observability import LOGGER_NAME, Metrics, Observer, configure_logging
 from webhook.review import handle
 from webhook.rewrite import Contract, rewrite
 
 
-def per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Best of `repeat` runs of `number` calls, in CPU microseconds per call."""
-    fn()  # warm caches
-    timer = timeit.Timer(fn, timer=time.process_time)
-    return min(timer.repeat(number=number, repeat=repeat)) / number * 1e6
-
-
 @contextmanager
 def json_log_to_devnull() -> Iterator[None]:
-    """Logging as `configure_logging` sets it up (one JSON StreamHandler on the root logger,
-    INFO), writing to /dev/null, for the duration."""
+    """Logging set up by the server's own `configure_logging` (INFO), writing to /dev/null,
+    for the duration; the previous set-up is restored after."""
     root = logging.getLogger()
     ours = logging.getLogger(LOGGER_NAME)
     saved = (root.handlers[:], root.level, ours.handlers[:], ours.propagate, ours.level)
+    flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     with open(os.devnull, "w") as sink:
-        handler = logging.StreamHandler(sink)
-        handler.setFormatter(JsonFormatter())
-        root.handlers[:] = [handler]
-        root.setLevel(logging.INFO)
+        configure_logging("info", stream=sink)
         ours.handlers[:] = []
         ours.propagate = True
         ours.setLevel(logging.NOTSET)
@@ -71,10 +65,32 @@ def json_log_to_devnull() -> Iterator[None]:
             ours.handlers[:] = saved[2]
             ours.propagate = saved[3]
             ours.setLevel(saved[4])
+            logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags
 
 
-def asgi_us(body: bytes, settings: Settings, number: int, repeat: int) -> float:
-    """Microseconds per POST /mutate through WebhookApp, best of `repeat` batches."""
+Batch = Callable[[], Awaitable[float]]  # runs `number` calls, returns their CPU seconds
+
+
+def sync_batch(fn: Callable[[], object], number: int) -> Batch:
+    """`number` calls of `fn` with the garbage collector off, as timeit does."""
+
+    async def batch() -> float:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            started = time.process_time()
+            for _ in range(number):
+                fn()
+            return time.process_time() - started
+        finally:
+            if collecting:
+                gc.enable()
+
+    return batch
+
+
+def asgi_batch(body: bytes, settings: Settings, number: int) -> Batch:
+    """`number` POST /mutate through WebhookApp (a fake receive/send), the collector on."""
     app = WebhookApp(settings, observer=Observer(Metrics()))
     scope: dict[str, Any] = {
         "type": "http",
@@ -87,31 +103,26 @@ def asgi_us(body: bytes, settings: Settings, number: int, repeat: int) -> float:
         ],
     }
     message = {"type": "http.request", "body": body, "more_body": False}
-    sent: list[MutableMapping[str, Any]] = []
+    answers: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return message
 
     async def send(msg: MutableMapping[str, Any]) -> None:
-        sent.append(msg)
+        if len(answers) < 2:
+            answers.append(msg)
 
     async def batch() -> float:
         started = time.process_time()
         for _ in range(number):
             await app(scope, receive, send)
-        return time.process_time() - started
+        elapsed = time.process_time() - started
+        status = answers[0]["status"]
+        if status != 200 or b'"patch"' not in answers[1]["body"]:
+            raise RuntimeError(f"/mutate answered {status}: {answers[1]['body'][:200]!r}")
+        return elapsed
 
-    async def main() -> float:
-        await app(scope, receive, send)
-        status = sent[0]["status"]
-        if status != 200 or b'"patch"' not in sent[1]["body"]:
-            raise RuntimeError(f"/mutate answered {status}: {sent[1]['body'][:200]!r}")
-        best = min([await batch() for _ in range(repeat)])
-        sent.clear()
-        return best / number * 1e6
-
-    with json_log_to_devnull(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(main())
+    return batch
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -128,24 +139,40 @@ def _handle(body: bytes, contract: Contract) -> bytes:
 
 
 def run(quick: bool = False, settings: Settings | None = None) -> dict[str, dict[str, float]]:
-    """{fixture: {"rewrite_us", "handle_us", "asgi_us", "body_bytes", "ops"}} for each fixture."""
+    """{fixture: {"rewrite_us", "handle_us", "asgi_us", "body_bytes", "ops"}} for each fixture.
+
+    Each figure is the least CPU time per call over `repeat` batches, and the batches of
+    all figures take turns, so each figure's batches are spread over the whole phase (this
+    VM's speed moves in spells of seconds; bench/README.md).
+    """
     settings = settings or Settings()
     contract = Contract.from_settings(settings)
     number, repeat = (300, 3) if quick else (1000, 35)
     results: dict[str, dict[str, float]] = {}
+    batches: dict[tuple[str, str], Batch] = {}
     for name in FIXTURE_NAMES:
         pod = load_pod(name)
         body = review_body(name)
         decision = handle(body, contract)
         if decision.outcome != "mutated":
             raise RuntimeError(f"{name}: expected a patch, got {decision.outcome}")
-        results[name] = {
-            "body_bytes": len(body),
-            "ops": len(decision.result.ops),
-            "rewrite_us": per_call_us(partial(rewrite, pod, contract), number, repeat),
-            "handle_us": per_call_us(partial(_handle, body, contract), number, repeat),
-            "asgi_us": asgi_us(body, settings, number, repeat),
-        }
+        results[name] = {"body_bytes": len(body), "ops": len(decision.result.ops)}
+        batches[name, "rewrite_us"] = sync_batch(partial(rewrite, pod, contract), number)
+        batches[name, "handle_us"] = sync_batch(partial(_handle, body, contract), number)
+        batches[name, "asgi_us"] = asgi_batch(body, settings, number)
+
+    async def measure() -> dict[tuple[str, str], float]:
+        for batch in batches.values():  # warm caches
+            await batch()
+        best = dict.fromkeys(batches, math.inf)
+        for _ in range(repeat):
+            for key, batch in batches.items():
+                best[key] = min(best[key], await batch())
+        return best
+
+    with json_log_to_devnull(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        for (name, figure), seconds in runner.run(measure()).items():
+            results[name][figure] = seconds / number * 1e6
     return results
 
 

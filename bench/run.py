@@ -8,7 +8,8 @@ See bench/README.md for the method. In short, on 127.0.0.1 only and bounded in t
    served by the same stack (`bench/serve_noop.py`), each pinned to core 0 with `taskset`
    when it exists; the load generators run on core 1;
 3. closed-loop throughput with wrk (requests/s and server CPU microseconds per request,
-   from /proc/PID/stat), for `/mutate` with each fixture and for both no-ops;
+   from /proc/PID/stat), for `/mutate` with each fixture, each run at the same time as a
+   no-op so that both meet the same state of the machine;
 4. latency at a fixed 500 requests/s, open loop (`bench/openloop.py`), from the scheduled
    send time;
 5. the server's RSS after 10,000 and after 100,000 requests, and its peak (VmHWM).
@@ -27,11 +28,13 @@ import http.client
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,10 +65,9 @@ class Plan:
     """How long each phase runs."""
 
     warmup_s: float = 2.0
-    # Many short rounds rather than a few long ones: this VM's speed changes by up to 50 %
-    # within seconds, and each endpoint's figure is its least disturbed round.
+    # Closed-loop rounds: each pair (/mutate beside a no-op) once per round.
     closed_s: float = 2.0
-    rounds: int = 6
+    rounds: int = 5
     connections: int = 16
     rate: float = 500.0
     open_warmup_s: float = 2.0
@@ -304,42 +306,70 @@ class Runner:
 
     def closed_loop(self, server: Server, path: str, body: str, seconds: float) -> dict[str, Any]:
         """wrk for `seconds`: requests/s and the server's CPU µs per request."""
+        return self.closed_loops([(server, path, body)], seconds)[0]
+
+    def closed_loops(
+        self, loads: list[tuple[Server, str, str]], seconds: float
+    ) -> list[dict[str, Any]]:
+        """One wrk per (server, path, body), all at once for `seconds` (distinct servers):
+        each one's requests/s and its server's CPU µs per request."""
         assert self.wrk is not None
-        argv = [
-            *self.load_prefix,
-            self.wrk,
-            "-t1",
-            f"-c{self.plan.connections}",
-            f"-d{max(1, round(seconds))}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(BENCH / "post.lua"),
-            f"https://{HOST}:{server.port}{path}",
+        cpu_before = [server.cpu_seconds() for server, _, _ in loads]
+        running = [
+            subprocess.Popen(
+                [
+                    *self.load_prefix,
+                    self.wrk,
+                    "-t1",
+                    f"-c{self.plan.connections}",
+                    f"-d{max(1, round(seconds))}s",
+                    "--timeout",
+                    "5s",
+                    "-s",
+                    str(BENCH / "post.lua"),
+                    f"https://{HOST}:{server.port}{path}",
+                ],
+                env={**os.environ, "BENCH_BODY": str(self.bodies[body])},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for server, path, body in loads
         ]
-        env = {**os.environ, "BENCH_BODY": str(self.bodies[body])}
-        cpu_before = server.cpu_seconds()
-        done = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False
-        )
-        cpu = server.cpu_seconds() - cpu_before
-        match = re.search(r"^BENCH_JSON (\{.*\})$", done.stdout, re.M)
-        if done.returncode != 0 or not match:
-            raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()[:300]}")
-        figures: dict[str, Any] = orjson.loads(match.group(1))
-        requests = int(figures["requests"])
-        server.served += requests
-        errors = sum(int(figures[k]) for k in ("connect", "read", "write", "status", "timeout"))
-        if errors:
-            self.errors.append(f"{server.name} {path} {body}: {errors} wrk errors {figures}")
-        return {
-            "requests": requests,
-            "seconds": figures["duration_us"] / 1e6,
-            "rps": requests / (figures["duration_us"] / 1e6),
-            "cpu_us_per_request": cpu / requests * 1e6 if requests else math.nan,
-            "cpu_utilisation": cpu / (figures["duration_us"] / 1e6),
-            "errors": errors,
-        }
+        try:
+            outputs = [wrk.communicate(timeout=seconds + 30) for wrk in running]
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk did not finish within {seconds + 30:g} s") from None
+        finally:
+            for wrk in running:
+                if wrk.poll() is None:
+                    wrk.kill()
+                    wrk.wait(timeout=10)
+        measured = []
+        for (server, path, body), before, wrk, (stdout, stderr) in zip(
+            loads, cpu_before, running, outputs, strict=True
+        ):
+            cpu = server.cpu_seconds() - before
+            match = re.search(r"^BENCH_JSON (\{.*\})$", stdout, re.M)
+            if wrk.returncode != 0 or not match:
+                raise BenchError(f"wrk failed ({wrk.returncode}): {stderr.strip()[:300]}")
+            figures: dict[str, Any] = orjson.loads(match.group(1))
+            requests = int(figures["requests"])
+            server.served += requests
+            errors = sum(int(figures[k]) for k in ("connect", "read", "write", "status", "timeout"))
+            if errors:
+                self.errors.append(f"{server.name} {path} {body}: {errors} wrk errors {figures}")
+            measured.append(
+                {
+                    "requests": requests,
+                    "seconds": figures["duration_us"] / 1e6,
+                    "rps": requests / (figures["duration_us"] / 1e6),
+                    "cpu_us_per_request": cpu / requests * 1e6 if requests else math.nan,
+                    "cpu_utilisation": cpu / (figures["duration_us"] / 1e6),
+                    "errors": errors,
+                }
+            )
+        return measured
 
     def open_loop(self, server: Server, path: str, body: str) -> dict[str, Any]:
         plan = self.plan
@@ -429,8 +459,9 @@ def run(plan: Plan, install: bool = True, log: Callable[[str], None] = print) ->
     results["setup"] = {
         "pinning": pinned,
         "wrk": wrk_note,
-        "closed_loop": f"wrk -t1 -c{plan.connections}, {plan.rounds} interleaved rounds of"
-        f" {plan.closed_s:g} s per endpoint, each endpoint's least disturbed round",
+        "closed_loop": f"wrk -t1 -c{plan.connections}, {plan.rounds} rounds of {plan.closed_s:g} s"
+        " in which each /mutate runs beside a no-op, the pairs shuffled; the throughput"
+        " ratio is the median over the rounds",
         "open_loop": f"{plan.rate:g} req/s for {plan.open_s:g} s after {plan.open_warmup_s:g} s",
     }
     log(f"machine: {results['machine']['nproc']} cores, {results['machine']['cpu']}")
@@ -474,20 +505,37 @@ def measure(runner: Runner, product: Server, noop: Server, results: dict[str, An
         runner.closed_loop(noop, "/noop-fastapi", hello, plan.warmup_s)
         runner.closed_loop(noop, "/noop", hello, plan.warmup_s)
         runner.log(f"closed loop (wrk), {plan.rounds} rounds ...")
-        endpoints = [
-            ("noop-fastapi", noop, "/noop-fastapi", hello),
-            (f"mutate:{hello}", product, "/mutate", hello),
-            ("noop", noop, "/noop", hello),
-            *[(f"mutate:{name}", product, "/mutate", name) for name in FIXTURE_NAMES[1:]],
-        ]
         for name in FIXTURE_NAMES[1:]:
             runner.closed_loop(product, "/mutate", name, plan.warmup_s)
-        rounds: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in endpoints}
-        # Interleaved rounds, so a disturbance of the machine hits baselines and product
-        # alike; the best round of each endpoint is its least disturbed one.
+        # Each /mutate runs at the same time as a no-op, both servers on the one server
+        # core: a slow spell of the machine hits both alike, and the ratio of their CPU per
+        # request is read within each round. Pairs in a shuffled order (seeded: the same
+        # every run), so no spell keeps falling on the same pair's turn.
+        pairs = [
+            *[("noop-fastapi", f"mutate:{name}", name) for name in FIXTURE_NAMES],
+            ("noop", f"mutate:{hello}", hello),
+        ]
+        path_of = {"noop-fastapi": "/noop-fastapi", "noop": "/noop"}
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        paired: dict[str, list[float]] = {}
+        paired_wall: dict[str, list[float]] = {}
+        order = random.Random(13)
         for _ in range(plan.rounds):
-            for key, server, path, body in endpoints:
-                rounds[key].append(runner.closed_loop(server, path, body, plan.closed_s))
+            for baseline, mutate, name in order.sample(pairs, len(pairs)):
+                # The same request bytes to both: the no-op reads this fixture's review too.
+                base_figures, mutate_figures = runner.closed_loops(
+                    [(noop, path_of[baseline], name), (product, "/mutate", name)], plan.closed_s
+                )
+                base_key = baseline if name == hello else f"{baseline}:{name}"
+                rounds.setdefault(base_key, []).append(base_figures)
+                rounds.setdefault(mutate, []).append(mutate_figures)
+                paired.setdefault(f"{name}/{baseline}", []).append(
+                    base_figures["cpu_us_per_request"] / mutate_figures["cpu_us_per_request"]
+                )
+                paired_wall.setdefault(f"{name}/{baseline}", []).append(
+                    mutate_figures["rps"] / base_figures["rps"]
+                )
+        results["paired_ratios"] = {"cpu": paired, "wall": paired_wall}
         for key, measured in rounds.items():
             # The least disturbed round: the least server CPU per request.
             closed[key] = {
@@ -528,42 +576,34 @@ def measure(runner: Runner, product: Server, noop: Server, results: dict[str, An
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
     """`throughput`: requests per second of server CPU time, /mutate over a baseline (what
-    each could serve with the core to itself); `wall_throughput`: requests/s as wrk saw them
-    (the same when nothing else runs on the server's core)."""
-    closed = results.get("closed_loop") or {}
+    each could serve with the core to itself), the median over the rounds in which the two
+    ran at once; `wall_throughput`: the median ratio of requests/s as wrk saw them in those
+    rounds (about the same: the two servers shared the core)."""
+    paired = results.get("paired_ratios") or {"cpu": {}, "wall": {}}
     out: dict[str, float] = {}
-    for name in FIXTURE_NAMES:
-        mutate = closed.get(f"mutate:{name}")
-        if not mutate:
-            continue
-        for baseline in ("noop-fastapi", "noop"):
-            if baseline in closed:
-                base = closed[baseline]
-                out[f"throughput:{name}/{baseline}"] = (
-                    base["cpu_us_per_request"] / mutate["cpu_us_per_request"]
-                )
-                out[f"wall_throughput:{name}/{baseline}"] = mutate["rps"] / base["rps"]
+    for pair, measured in paired["cpu"].items():
+        out[f"throughput:{pair}"] = statistics.median(measured)
+        out[f"wall_throughput:{pair}"] = statistics.median(paired["wall"][pair])
     return out
 
 
 def figures(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     """Each target's figure and a note, or (None, why it is missing)."""
     out: dict[str, tuple[float | None, str]] = {}
-    closed = results.get("closed_loop") or {}
     why_closed = results.get("setup", {}).get("wrk", "no closed-loop run")
     for name in FIXTURE_NAMES:
         ratio = results.get("ratios", {}).get(f"throughput:{name}/noop-fastapi")
         if ratio is None:
             out[f"throughput_ratio:{name}"] = (None, why_closed)
         else:
-            mutate, base = closed[f"mutate:{name}"], closed["noop-fastapi"]
+            each = results["paired_ratios"]["cpu"][f"{name}/noop-fastapi"]
             wall = results["ratios"][f"wall_throughput:{name}/noop-fastapi"]
-            floor = results["ratios"].get(f"throughput:{name}/noop", math.nan)
+            floor = results["ratios"].get(f"throughput:{name}/noop")
             out[f"throughput_ratio:{name}"] = (
                 ratio,
-                f"{mutate['cpu_us_per_request']:.0f} / {base['cpu_us_per_request']:.0f} µs CPU"
-                f" per request; wall clock {mutate['rps']:.0f} / {base['rps']:.0f} req/s"
-                f" = {wall:.2f}; to the lean no-op {floor:.2f}",
+                f"median of {len(each)} rounds run beside the no-op ({min(each):.2f} to"
+                f" {max(each):.2f}); wall clock {wall:.2f}"
+                + (f"; to the lean no-op {floor:.2f}" if floor is not None else ""),
             )
         opened = (results.get("open_loop") or {}).get(f"mutate:{name}")
         for quantile in ("p99", "p99.9"):

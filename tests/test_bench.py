@@ -209,6 +209,17 @@ def _results(**cpu_us: float) -> dict[str, Any]:
             (f"mutate:{big}", cpu_us["big"]),
         )
     }
+    # Three rounds run side by side: one undisturbed, one slow spell over both servers,
+    # one that slowed /mutate more (baseline CPU, /mutate CPU, as multiples).
+    spells = [(1.0, 1.0), (1.5, 1.5), (1.2, 1.5)]
+    results["paired_ratios"] = {"cpu": {}, "wall": {}}
+    for baseline, base_key in (("noop-fastapi", "noop_fastapi"), ("noop", "noop")):
+        names = FIXTURE_NAMES if baseline == "noop-fastapi" else (hello,)
+        for name in names:
+            base, mutate = cpu_us[base_key], cpu_us["hello" if name == hello else "big"]
+            pair = f"{name}/{baseline}"
+            results["paired_ratios"]["cpu"][pair] = [base * b / (mutate * m) for b, m in spells]
+            results["paired_ratios"]["wall"][pair] = [base * b / (mutate * m) for b, m in spells]
     results["ratios"] = run.ratios(results)
     return results
 
@@ -231,6 +242,18 @@ def test_every_target_is_judged_pass_or_fail_against_its_limit() -> None:
     }
     assert results["ratios"]["throughput:hello--0/noop"] == 50.0 / 200.0
     assert results["ratios"]["wall_throughput:hello--0/noop-fastapi"] == pytest.approx(0.80)
+
+
+def test_the_throughput_ratio_is_the_median_of_the_rounds_run_side_by_side() -> None:
+    results = _results(noop_fastapi=160.0, noop=50.0, hello=200.0, big=201.0)
+    results["paired_ratios"]["cpu"]["hello--0/noop-fastapi"] = [0.70, 0.90, 0.85, 0.60, 0.88]
+    results["ratios"] = run.ratios(results)
+    row = next(r for r in run.evaluate(results) if r["key"] == "throughput_ratio:hello--0")
+    assert (row["figure"], row["status"]) == (0.85, "PASS")
+    assert row["note"] == (
+        "median of 5 rounds run beside the no-op (0.60 to 0.90); wall clock 0.80;"
+        " to the lean no-op 0.25"
+    )
 
 
 def test_targets_without_a_closed_loop_run_are_skipped_with_the_reason() -> None:
@@ -274,10 +297,13 @@ def test_quick_run_writes_every_target_and_the_ratios(tmp_path: Path) -> None:
     assert (rows["throughput_ratio:hello--0"]["status"] != "SKIP") is closed_loop_ran
     if closed_loop_ran:
         assert set(results["ratios"]) == {
-            f"{kind}:{name}/{base}"
+            f"{kind}:{pair}"
             for kind in ("throughput", "wall_throughput")
-            for name in FIXTURE_NAMES
-            for base in ("noop-fastapi", "noop")
+            for pair in (
+                "hello--0/noop-fastapi",
+                "merge-probers--0/noop-fastapi",
+                "hello--0/noop",
+            )
         }
         assert results["memory"]["after_second"]["requests"] >= 1_500
     else:
