@@ -20,7 +20,14 @@ from prometheus_client import CollectorRegistry
 from tests.oracle import admission_reviews, istio_pods
 from tests.serving import ServerHandle, running_server
 from webhook.certs import certificate_expiry
-from webhook.observability import JsonFormatter, Metrics, Observer
+from webhook.observability import (
+    LOGGER_NAME,
+    JsonFormatter,
+    JsonLineHandler,
+    Metrics,
+    Observer,
+    configure_logging,
+)
 
 REVIEWS = admission_reviews()
 REQUESTS = "istio_spiffe_webhook_admission_requests_total"
@@ -369,3 +376,110 @@ def test_any_line_logged_with_an_exception_carries_its_type_message_and_tracebac
     }
     assert traceback.splitlines()[0] == "Traceback (most recent call last):"
     assert traceback.splitlines()[-2:] == ['    raise ValueError("no good")', "ValueError: no good"]
+
+
+# --- The decision line's direct write (webhook/observability.py, JsonLineHandler) -----
+
+
+@pytest.fixture
+def server_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Logging as the server sets it up (`configure_logging`), into a string; the previous
+    set-up is restored after."""
+    stream = io.StringIO()
+    for name in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "disabled", logger.disabled)
+    monkeypatch.setattr(logging.root, "handlers", logging.root.handlers[:])
+    level = logging.root.level
+    configure_logging("info", stream=stream)
+    try:
+        yield stream
+    finally:
+        logging.root.setLevel(level)
+
+
+def _without_pytests_capture(monkeypatch: pytest.MonkeyPatch) -> JsonLineHandler:
+    """Only the server's handler on the root logger: pytest adds its capturing handler
+    for each test's call, and with it the logging chain is (rightly) always taken."""
+    [ours] = [h for h in logging.root.handlers if isinstance(h, JsonLineHandler)]
+    monkeypatch.setattr(logging.root, "handlers", [ours])
+    return ours
+
+
+def _admissions(observer: Observer) -> None:
+    fields = {"uid": "u-1", "name": "hello", "big": 2**70}
+    observer.admission(outcome="mutated", reason="", dry_run=False, seconds=0.0002, fields=fields)
+    observer.admission(outcome="rejected", reason="too-large", dry_run=False, seconds=0.001)
+
+
+def test_a_decision_line_written_directly_equals_what_the_logging_chain_writes(
+    server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_764_072_000.25)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_764_072_000_250_000_000)
+    observer = Observer(Metrics(CollectorRegistry()))
+    made: list[logging.LogRecord] = []
+    make_record = logging.getLogger(LOGGER_NAME).makeRecord
+
+    def counting_make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(make_record(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "makeRecord", counting_make_record)
+    handler = _without_pytests_capture(monkeypatch)
+    _admissions(observer)
+    direct = server_logging.getvalue()
+    assert made == []  # no LogRecord: the direct write
+
+    # A filter anywhere on the way must see the records: the logging chain is taken.
+    seen: list[str] = []
+    handler.addFilter(lambda record: seen.append(record.getMessage()) or True)
+    server_logging.seek(0)
+    server_logging.truncate()
+    _admissions(observer)
+    assert (len(made), seen) == (2, ["admission", "admission"])
+    assert server_logging.getvalue() == direct
+    assert json.loads(direct.splitlines()[0])["big"] == 2**70
+
+
+def test_an_error_line_takes_the_logging_chain_and_carries_its_traceback_and_uid(
+    server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_pytests_capture(monkeypatch)
+    observer = Observer(Metrics(CollectorRegistry()))
+    try:
+        {}["missing"]
+    except KeyError as error:
+        observer.admission(
+            outcome="error",
+            reason="internal",
+            dry_run=False,
+            seconds=0.001,
+            fields={"uid": "u-9"},
+            error=error,
+        )
+    [line] = [json.loads(text) for text in server_logging.getvalue().splitlines()]
+    assert (line["level"], line["uid"], line["error"]) == ("error", "u-9", "KeyError: 'missing'")
+    assert line["traceback"].splitlines()[-1] == "KeyError: 'missing'"
+
+
+def test_a_stream_that_fails_leaves_the_decision_to_the_logging_chain(
+    server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = _without_pytests_capture(monkeypatch)
+    failures: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", failures.append)
+    monkeypatch.setattr(server_logging, "write", _raise_os_error)
+    Observer(Metrics(CollectorRegistry())).admission(
+        outcome="mutated", reason="", dry_run=False, seconds=0.0002, fields={"uid": "u-2"}
+    )
+    # Logging's own error handling got the record (it prints it to stderr, never raises).
+    assert [(r.getMessage(), r.fields["uid"]) for r in failures] == [("admission", "u-2")]  # type: ignore[attr-defined]
+
+
+def _raise_os_error(text: str) -> int:
+    raise OSError("disk full")
