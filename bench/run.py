@@ -482,7 +482,6 @@ def run(plan: Plan, install: bool = True, log: Callable[[str], None] = print) ->
             results["memory"] = {"webhook_start": product.memory(), "noop_start": noop.memory()}
             runner = Runner(wrk, load_prefix, plan, bodies, files.ca_cert, log)
             measure(runner, product, noop, results)
-            results["memory"]["noop_end"] = noop.memory()
             results["load_errors"] = runner.errors
         finally:
             for server in servers:
@@ -494,65 +493,32 @@ def run(plan: Plan, install: bool = True, log: Callable[[str], None] = print) ->
 
 
 def measure(runner: Runner, product: Server, noop: Server, results: dict[str, Any]) -> None:
+    """Memory and latency while each server has the server core to itself, then the
+    throughput pairs (two servers sharing the core hold more requests in flight, which
+    raises both peaks: recorded apart, after them)."""
     plan = runner.plan
     hello = FIXTURE_NAMES[0]
-    closed: dict[str, Any] = {}
     memory = results["memory"]
     if runner.wrk:
         runner.log(f"warm-up, then {plan.rss_first} requests to the webhook ...")
         runner.serve_until(product, "/mutate", hello, plan.rss_first)
         memory["after_first"] = {**product.memory(), "requests": product.served}
-        runner.closed_loop(noop, "/noop-fastapi", hello, plan.warmup_s)
-        runner.closed_loop(noop, "/noop", hello, plan.warmup_s)
-        runner.log(f"closed loop (wrk), {plan.rounds} rounds ...")
-        for name in FIXTURE_NAMES[1:]:
-            runner.closed_loop(product, "/mutate", name, plan.warmup_s)
-        # Each /mutate runs at the same time as a no-op, both servers on the one server
-        # core: a slow spell of the machine hits both alike, and the ratio of their CPU per
-        # request is read within each round. Pairs in a shuffled order (seeded: the same
-        # every run), so no spell keeps falling on the same pair's turn.
-        pairs = [
-            *[("noop-fastapi", f"mutate:{name}", name) for name in FIXTURE_NAMES],
-            ("noop", f"mutate:{hello}", hello),
-        ]
-        path_of = {"noop-fastapi": "/noop-fastapi", "noop": "/noop"}
-        rounds: dict[str, list[dict[str, Any]]] = {}
-        paired: dict[str, list[float]] = {}
-        paired_wall: dict[str, list[float]] = {}
-        order = random.Random(13)
-        for _ in range(plan.rounds):
-            for baseline, mutate, name in order.sample(pairs, len(pairs)):
-                # The same request bytes to both: the no-op reads this fixture's review too.
-                base_figures, mutate_figures = runner.closed_loops(
-                    [(noop, path_of[baseline], name), (product, "/mutate", name)], plan.closed_s
-                )
-                base_key = baseline if name == hello else f"{baseline}:{name}"
-                rounds.setdefault(base_key, []).append(base_figures)
-                rounds.setdefault(mutate, []).append(mutate_figures)
-                paired.setdefault(f"{name}/{baseline}", []).append(
-                    base_figures["cpu_us_per_request"] / mutate_figures["cpu_us_per_request"]
-                )
-                paired_wall.setdefault(f"{name}/{baseline}", []).append(
-                    mutate_figures["rps"] / base_figures["rps"]
-                )
-        results["paired_ratios"] = {"cpu": paired, "wall": paired_wall}
-        for key, measured in rounds.items():
-            # The least disturbed round: the least server CPU per request.
-            closed[key] = {
-                **min(measured, key=lambda figures: float(figures["cpu_us_per_request"])),
-                "rounds_rps": [round(figures["rps"]) for figures in measured],
-                "rounds_cpu_us": [round(figures["cpu_us_per_request"]) for figures in measured],
-            }
-        for key, figures in closed.items():
-            runner.log(
-                f"  {key:24} {figures['rps']:8.0f} req/s"
-                f"  {figures['cpu_us_per_request']:6.0f} µs CPU/request"
-                f"  (rounds: {', '.join(str(r) for r in figures['rounds_cpu_us'])} µs;"
-                f" {', '.join(str(r) for r in figures['rounds_rps'])} req/s)"
-            )
-    results["closed_loop"] = closed
+    results["open_loop"] = open_loop(runner, product, noop)
+    if runner.wrk:
+        runner.log(f"up to {plan.rss_second} requests to the webhook ...")
+        runner.serve_until(product, "/mutate", hello, plan.rss_second)
+        memory["after_second"] = {**product.memory(), "requests": product.served}
+    memory["webhook_end"] = product.memory()
+    memory["noop_end"] = noop.memory()
+    results["closed_loop"] = closed_loop_pairs(runner, product, noop, results) if runner.wrk else {}
+    memory["webhook_after_pairs"] = product.memory()
+    memory["noop_after_pairs"] = noop.memory()
 
-    runner.log(f"open loop, {plan.rate:g} req/s ...")
+
+def open_loop(runner: Runner, product: Server, noop: Server) -> dict[str, Any]:
+    """Latency at the plan's fixed rate, per endpoint."""
+    hello = FIXTURE_NAMES[0]
+    runner.log(f"open loop, {runner.plan.rate:g} req/s ...")
     opened: dict[str, Any] = {}
     opened[f"mutate:{hello}"] = runner.open_loop(product, "/mutate", hello)
     opened["noop-fastapi"] = runner.open_loop(noop, "/noop-fastapi", hello)
@@ -565,13 +531,66 @@ def measure(runner: Runner, product: Server, noop: Server, results: dict[str, An
             f"  {key:24} p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  p99.9 {lat['p99.9']:.2f}"
             f"  max {lat['max']:.2f} ms  (generator delay p99 {delay['p99']:.3f} ms)"
         )
-    results["open_loop"] = opened
+    return opened
 
-    if runner.wrk:
-        runner.log(f"up to {plan.rss_second} requests to the webhook ...")
-        runner.serve_until(product, "/mutate", hello, plan.rss_second)
-        memory["after_second"] = {**product.memory(), "requests": product.served}
-    memory["webhook_end"] = product.memory()
+
+def closed_loop_pairs(
+    runner: Runner, product: Server, noop: Server, results: dict[str, Any]
+) -> dict[str, Any]:
+    """Closed-loop rounds of /mutate beside a no-op; each endpoint's least round (the
+    paired ratios go to results["paired_ratios"])."""
+    plan = runner.plan
+    hello = FIXTURE_NAMES[0]
+    closed: dict[str, Any] = {}
+    runner.closed_loop(noop, "/noop-fastapi", hello, plan.warmup_s)
+    runner.closed_loop(noop, "/noop", hello, plan.warmup_s)
+    runner.log(f"closed loop (wrk), {plan.rounds} rounds ...")
+    for name in FIXTURE_NAMES[1:]:
+        runner.closed_loop(product, "/mutate", name, plan.warmup_s)
+    # Each /mutate runs at the same time as a no-op, both servers on the one server
+    # core: a slow spell of the machine hits both alike, and the ratio of their CPU per
+    # request is read within each round. Pairs in a shuffled order (seeded: the same
+    # every run), so no spell keeps falling on the same pair's turn.
+    pairs = [
+        *[("noop-fastapi", f"mutate:{name}", name) for name in FIXTURE_NAMES],
+        ("noop", f"mutate:{hello}", hello),
+    ]
+    path_of = {"noop-fastapi": "/noop-fastapi", "noop": "/noop"}
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    paired: dict[str, list[float]] = {}
+    paired_wall: dict[str, list[float]] = {}
+    order = random.Random(13)
+    for _ in range(plan.rounds):
+        for baseline, mutate, name in order.sample(pairs, len(pairs)):
+            # The same request bytes to both: the no-op reads this fixture's review too.
+            base_figures, mutate_figures = runner.closed_loops(
+                [(noop, path_of[baseline], name), (product, "/mutate", name)], plan.closed_s
+            )
+            base_key = baseline if name == hello else f"{baseline}:{name}"
+            rounds.setdefault(base_key, []).append(base_figures)
+            rounds.setdefault(mutate, []).append(mutate_figures)
+            paired.setdefault(f"{name}/{baseline}", []).append(
+                base_figures["cpu_us_per_request"] / mutate_figures["cpu_us_per_request"]
+            )
+            paired_wall.setdefault(f"{name}/{baseline}", []).append(
+                mutate_figures["rps"] / base_figures["rps"]
+            )
+    results["paired_ratios"] = {"cpu": paired, "wall": paired_wall}
+    for key, measured in rounds.items():
+        # The least disturbed round: the least server CPU per request.
+        closed[key] = {
+            **min(measured, key=lambda figures: float(figures["cpu_us_per_request"])),
+            "rounds_rps": [round(figures["rps"]) for figures in measured],
+            "rounds_cpu_us": [round(figures["cpu_us_per_request"]) for figures in measured],
+        }
+    for key, figures in closed.items():
+        runner.log(
+            f"  {key:24} {figures['rps']:8.0f} req/s"
+            f"  {figures['cpu_us_per_request']:6.0f} µs CPU/request"
+            f"  (rounds: {', '.join(str(r) for r in figures['rounds_cpu_us'])} µs;"
+            f" {', '.join(str(r) for r in figures['rounds_rps'])} req/s)"
+        )
+    return closed
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
@@ -625,9 +644,16 @@ def figures(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     memory = results.get("memory") or {}
     end = memory.get("webhook_end")
     if end:
+        after = memory.get("webhook_after_pairs")
         out["peak_rss_mb"] = (
             end["VmHWM"],
-            f"noop {memory.get('noop_end', {}).get('VmHWM', 0):.1f}",
+            f"noop {memory.get('noop_end', {}).get('VmHWM', 0):.1f}"
+            + (
+                f"; after the side-by-side rounds {after['VmHWM']:.1f}, noop"
+                f" {memory.get('noop_after_pairs', {}).get('VmHWM', 0):.1f}"
+                if after
+                else ""
+            ),
         )
     first, second = memory.get("after_first"), memory.get("after_second")
     if first and second:

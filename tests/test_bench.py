@@ -308,3 +308,15 @@ def test_quick_run_writes_every_target_and_the_ratios(tmp_path: Path) -> None:
         assert results["memory"]["after_second"]["requests"] >= 1_500
     else:
         assert "wrk not installed" in rows["throughput_ratio:hello--0"]["note"]
+
+
+def test_the_peak_rss_is_taken_before_the_side_by_side_rounds_and_theirs_is_noted() -> None:
+    results = _results(noop_fastapi=160.0, noop=50.0, hello=200.0, big=201.0)
+    results["memory"]["webhook_after_pairs"] = {"VmHWM": 63.0, "VmRSS": 62.0}
+    results["memory"]["noop_after_pairs"] = {"VmHWM": 64.0, "VmRSS": 63.5}
+    row = next(r for r in run.evaluate(results) if r["key"] == "peak_rss_mb")
+    assert (row["figure"], row["status"], row["note"]) == (
+        59.0,
+        "PASS",
+        "noop 50.0; after the side-by-side rounds 63.0, noop 64.0",
+    )
