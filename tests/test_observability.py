@@ -318,11 +318,16 @@ def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
         logging.root.setLevel(level)
 
 
-def test_an_admission_is_one_json_line_through_the_logging_handler(
-    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every log line stamped 2025-11-25T12:00:00.250Z."""
     monkeypatch.setattr(time, "time", lambda: 1_764_072_000.25)
     monkeypatch.setattr(time, "time_ns", lambda: 1_764_072_000_250_000_000)
+
+
+def test_an_admission_is_one_json_line_through_the_logging_handler(
+    log_stream: io.StringIO, frozen_clock: None
+) -> None:
     observer = Observer(Metrics(CollectorRegistry()))
     fields = {"uid": "u-1", "name": "hello", "big": 2**70, "warnings": ["a"]}
     observer.admission(outcome="mutated", reason="", dry_run=True, seconds=0.0001, fields=fields)
@@ -417,10 +422,8 @@ def _admissions(observer: Observer) -> None:
 
 
 def test_a_decision_line_written_directly_equals_what_the_logging_chain_writes(
-    server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    server_logging: io.StringIO, frozen_clock: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(time, "time", lambda: 1_764_072_000.25)
-    monkeypatch.setattr(time, "time_ns", lambda: 1_764_072_000_250_000_000)
     observer = Observer(Metrics(CollectorRegistry()))
     made: list[logging.LogRecord] = []
     make_record = logging.getLogger(LOGGER_NAME).makeRecord
