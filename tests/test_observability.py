@@ -486,3 +486,14 @@ def test_a_stream_that_fails_leaves_the_decision_to_the_logging_chain(
 
 def _raise_os_error(text: str) -> int:
     raise OSError("disk full")
+
+
+def test_another_formatter_set_on_the_servers_handler_formats_the_decision_line(
+    server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = _without_pytests_capture(monkeypatch)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    Observer(Metrics(CollectorRegistry())).admission(
+        outcome="mutated", reason="", dry_run=False, seconds=0.0002, fields={"uid": "u-3"}
+    )
+    assert server_logging.getvalue() == "INFO admission\n"

@@ -117,9 +117,10 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Write what `handle` would for a record of `fields` without an exception, less
         making the LogRecord and passing it down the logger chain: that was 8 % of a
         /mutate request's CPU time (bench/README.md, "Speed tricks"). False when the write
-        failed: the caller then logs the standard way, whose error handling reports it."""
+        failed or another formatter was set: the caller then logs the standard way."""
         formatter = self.formatter
-        assert isinstance(formatter, JsonFormatter)
+        if not isinstance(formatter, JsonFormatter):  # someone set another: theirs formats
+            return False
         line = _dumps(formatter.entry(time.time(), logging.getLevelName(levelno), msg, fields))
         with self.lock or contextlib.nullcontext():  # as Handler.handle takes it
             try:
