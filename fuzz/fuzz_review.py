@@ -54,11 +54,11 @@ def check(body: bytes) -> None:
         return
     answer = orjson.loads(decision.response_bytes())
     response = answer["response"]
-    assert response["uid"] == decision.request.uid and response["allowed"] is True
+    assert response["uid"] == decision.request["uid"] and response["allowed"] is True
     assert "warnings" not in response or "patch" in response, "a warning without a patch"
     if "patch" in response:
         ops = orjson.loads(base64.b64decode(response["patch"]))
-        jsonpatch.apply_patch(decision.request.object, ops)
+        jsonpatch.apply_patch(decision.request["object"], ops)
 
 
 def test_one_input(data: bytes) -> None:

@@ -281,8 +281,8 @@ def test_compliant_pod_is_unchanged_with_reason_compliant() -> None:
 def test_mutated_decision_has_outcome_mutated_and_empty_reason() -> None:
     decision = handle(encode(REVIEW), CONTRACT)
     assert (decision.outcome, decision.reason) == ("mutated", "")
-    assert decision.request.uid == UID
-    assert decision.request.dryRun is False
+    assert decision.request["uid"] == UID
+    assert decision.request["dryRun"] is False
 
 
 def test_warnings_are_in_the_answer_only_when_the_rewrite_warns() -> None:

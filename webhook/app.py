@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic.json_schema import models_json_schema
+from pydantic import TypeAdapter
 
 from webhook import __version__
 from webhook.config import Settings
 from webhook.observability import Metrics, Observer
 from webhook.review import (
+    ADMISSION_REVIEW_ADAPTER,
     AdmissionRequest,
     AdmissionReview,
     AdmissionReviewResponse,
@@ -115,11 +116,11 @@ class WebhookApp:
             # A bug must not take the pod's creation down with a traceback in the answer:
             # a generic 500, and the traceback in the log line with the request's uid.
             await _respond(send, 500, _error("internal error while handling the review"))
-            request = review.request if review is not None else None
+            request = review["request"] if review is not None else None
             self.observer.admission(
                 outcome="error",
                 reason="internal",
-                dry_run=bool(request is not None and request.dryRun),
+                dry_run=bool(request is not None and request["dryRun"]),
                 seconds=time.perf_counter() - started,
                 fields=_request_fields(request) if request is not None else None,
                 error=error,
@@ -136,7 +137,7 @@ class WebhookApp:
         self.observer.admission(
             outcome=decision.outcome,
             reason=decision.reason,
-            dry_run=bool(request.dryRun),
+            dry_run=bool(request["dryRun"]),
             seconds=time.perf_counter() - started,
             operations=len(decision.result.ops),
             fields=fields,
@@ -154,17 +155,17 @@ class WebhookApp:
 
 def _request_fields(request: AdmissionRequest) -> dict[str, Any]:
     """What the log line says about the request: who asked for what, never the pod."""
-    pod = request.object
+    pod = request["object"]
     metadata = pod.get("metadata") if isinstance(pod, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     owners = metadata.get("ownerReferences")
     owner = owners[0] if isinstance(owners, list) and owners else None
     fields: dict[str, Any] = {
-        "uid": request.uid,
-        "namespace": request.namespace,
-        "name": metadata.get("name") or request.name or metadata.get("generateName"),
-        "operation": request.operation,
-        "kind": request.kind.kind,
+        "uid": request["uid"],
+        "namespace": request["namespace"],
+        "name": metadata.get("name") or request["name"] or metadata.get("generateName"),
+        "operation": request["operation"],
+        "kind": request["kind"]["kind"],
     }
     if isinstance(owner, dict):
         fields["owner"] = f"{owner.get('kind')}/{owner.get('name')}"
@@ -249,11 +250,11 @@ def _fastapi(readiness: Readiness) -> FastAPI:
 
 def _document_mutate(schema: dict[str, Any]) -> None:
     """Describe the lean `/mutate` route in FastAPI's OpenAPI document."""
-    _, definitions = models_json_schema(
+    _, definitions = TypeAdapter.json_schemas(
         [
-            (AdmissionReview, "validation"),
-            (AdmissionReviewResponse, "serialization"),
-            (ErrorBody, "serialization"),
+            ("request", "validation", ADMISSION_REVIEW_ADAPTER),
+            ("response", "serialization", TypeAdapter(AdmissionReviewResponse)),
+            ("error", "serialization", TypeAdapter(ErrorBody)),
         ],
         ref_template="#/components/schemas/{model}",
     )

@@ -230,7 +230,7 @@ def _review(document: dict[str, Any], contract: Contract, where: str) -> Outcome
         decision = decide(parse(body), contract)
     except BadReview as error:
         raise BadInput(f"{where} (AdmissionReview): {error.reason}") from None
-    label = _label(decision.request.object, "Pod") if decision.result.warnings else ""
+    label = _label(decision.request["object"], "Pod") if decision.result.warnings else ""
     return Outcome(
         json.loads(decision.response_bytes()),
         decision.result.ops,
