@@ -60,11 +60,6 @@ class AdmissionReview(TypedDict):
 
 
 ADMISSION_REVIEW_ADAPTER = TypeAdapter(AdmissionReview)
-# The envelope's nested objects by where they sit, for the reasons that name them.
-_ENVELOPE_OBJECTS = {
-    "request": AdmissionRequest.__name__,
-    "request.kind": GroupVersionKind.__name__,
-}
 
 
 class AdmissionResponse(BaseModel):
@@ -164,7 +159,4 @@ def _describe(error: ValidationError) -> str:
         return f"{where}: required field is missing"
     if item["type"] == "literal_error" and where == "apiVersion":
         return f"apiVersion: expected {API_VERSION}, got {item.get('input')!r}"
-    if item["type"] == "dict_type" and where in _ENVELOPE_OBJECTS:
-        # Worded as when these parts were pydantic models: the reasons stay the same.
-        return f"{where}: {item['msg']} or instance of {_ENVELOPE_OBJECTS[where]}"
     return f"{where}: {item['msg']}"
