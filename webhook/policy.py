@@ -42,6 +42,7 @@ from string import Template
 from typing import Any, Literal
 
 from webhook.config import Settings
+from webhook.yaml_text import literal_block_yaml
 
 POLICY_NAME = "istio-spiffe-webhook"
 API_GROUP = "admissionregistration.k8s.io"
@@ -394,23 +395,4 @@ def render_policy(
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
     """A YAML multi-document stream; multi-line strings (the CEL) as literal blocks."""
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, represent_str)
-    body = yaml.dump_all(
-        objects,
-        Dumper=Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=4096,
-        explicit_start=True,
-    )
-    return HEADER + body
+    return HEADER + literal_block_yaml(objects, explicit_start=True)

@@ -44,6 +44,7 @@ import re
 from typing import Literal
 
 from webhook.config import Settings
+from webhook.yaml_text import literal_block_yaml
 
 TEMPLATE_NAME = "spiffe"
 # Where Istio's own templates mount `workload-certs` (files/injection-template.yaml,
@@ -292,26 +293,4 @@ def render_values(
             "kind": "IstioOperator",
             "spec": spec,
         }
-    return header + _dump(document)
-
-
-def _dump(document: dict[str, object]) -> str:
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        style = "|" if "\n" in value else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, represent_str)
-    text: str = yaml.dump(
-        document,
-        Dumper=Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=4096,
-    )
-    return text
+    return header + literal_block_yaml([document])
